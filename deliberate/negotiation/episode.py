@@ -1,0 +1,192 @@
+"""Self-play negotiation episodes, batched across P prompts x G dialogues.
+
+Per turn, every active dialogue is sampled in one engine call, then every active dialogue is judged for agreement in
+one concurrent burst. Dialogues that agree (or whose judge fails) drop out, so later turns compute only what is left.
+Completions and Collective-Agency scores are batched the same way once the turns are over.
+"""
+from __future__ import annotations
+
+import dataclasses
+import time
+from typing import Any, Mapping, Sequence
+
+import ml_collections
+
+from deliberate.judge import judges
+from deliberate.model import tokenizer as tok_lib
+from deliberate.negotiation import prompts
+from deliberate.sampling.engine import Request, SamplingEngine
+from deliberate.sampling.sampler import SamplingParams
+
+_TURN_SLOTS = 16  # row ids: dialogue * 16 + turn; slot 15 is the completion
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The paper's protocol (NOTES.md). Values the paper does not disclose are marked as ours."""
+  c = ml_collections.ConfigDict()
+  c.group_size = 8                  # G dialogues per (dilemma, persona pair)
+  c.max_turns = 7                   # N: at most 7 turns, Agent 1 first
+  c.context_turns = 2               # each turn sees only the two most recent turns
+  c.turn_temperature = 0.7
+  c.turn_top_p = 0.95
+  c.max_turn_tokens = 128           # not disclosed: ours
+  c.completion_temperature = 0.1
+  c.completion_top_p = 0.95
+  c.max_completion_tokens = 256     # not disclosed: ours
+  c.agreement_judge_turns = 0       # turns shown to the agreement judge (0 = the whole dialogue); not disclosed
+  c.failed_policy = "exclude"       # a dialogue whose judge failed: 'exclude' from its group, or score 'zero'
+  c.agent1_only = False             # ablation: mask Agent 2's turns out of the loss
+  c.overlap_judge = False           # sample the next turn while the agreement judge runs (speculative; pays off
+                                    # with a slow remote judge, wastes compute with a fast local one)
+  return c
+
+
+@dataclasses.dataclass
+class Turn:
+  agent: int                         # 1 or 2
+  prompt_ids: list[int]
+  response_ids: list[int]
+  logprobs: list[float]              # tempered-policy log-probs of response_ids, as sampled
+  text: str
+  stop_reason: str
+  agreed: bool | None = None         # the agreement judge's verdict after this turn (None: failed)
+  judge_latency_s: float = 0.0
+  judge_failure: str | None = None
+
+
+@dataclasses.dataclass
+class Dialogue:
+  index: int                         # position in the step's batch
+  group: int                         # index of its (dilemma, persona pair) within the step
+  dilemma: Mapping[str, Any]
+  pair: Mapping[str, Any]
+  turns: list[Turn] = dataclasses.field(default_factory=list)
+  agreed: bool = False
+  failed: bool = False               # a judge answer could not be had after its retries
+  failure: str | None = None
+  completion_prompt_ids: list[int] = dataclasses.field(default_factory=list)
+  completion_ids: list[int] = dataclasses.field(default_factory=list)
+  completion_text: str = ""
+  score: int | None = None
+  ca_latency_s: float = 0.0
+  reward: float = 0.0
+  excluded: bool = False             # left out of its group's advantage statistics (failed + 'exclude')
+
+  @property
+  def agent1(self) -> Mapping[str, Any]:
+    return self.pair["a"]
+
+  @property
+  def agent2(self) -> Mapping[str, Any]:
+    return self.pair["b"]
+
+  @property
+  def active(self) -> bool:
+    return not (self.agreed or self.failed)
+
+  @property
+  def rounds(self) -> int:
+    return len(self.turns)
+
+  def persona(self, agent: int) -> Mapping[str, Any]:
+    return self.agent1 if agent == 1 else self.agent2
+
+
+def _judge_turns(d: Dialogue, limit: int) -> list[dict[str, Any]]:
+  shown = d.turns[-limit:] if limit else d.turns
+  return [{"agent": t.agent, "name": d.persona(t.agent)["name"], "text": t.text} for t in shown]
+
+
+class Negotiator:
+  """Runs a step's episodes with one policy for both agents (Agent 2 shares Agent 1's params within a step)."""
+
+  def __init__(self, engine: SamplingEngine, tokenizer, judge, config: ml_collections.ConfigDict):
+    self.engine, self.tokenizer, self.judge, self.config = engine, tokenizer, judge, config
+    c = config
+    self.turn_sp = SamplingParams(temperature=c.turn_temperature, top_p=c.turn_top_p, max_new_tokens=c.max_turn_tokens)
+    self.completion_sp = SamplingParams(temperature=c.completion_temperature, top_p=c.completion_top_p,
+                                        max_new_tokens=c.max_completion_tokens)
+    self.stop = tok_lib.stop_ids(tokenizer)
+
+  def _render(self, messages) -> list[int]:
+    return tok_lib.render_ids(self.tokenizer, messages, add_generation_prompt=True, stop=self.stop)
+
+  def _turn_request(self, d: Dialogue) -> Request:
+    t = len(d.turns)
+    agent = 1 if t % 2 == 0 else 2
+    recent = d.turns[-self.config.context_turns:] if t else []
+    messages = prompts.turn_messages(d.dilemma, d.persona(agent), d.persona(3 - agent),
+                                     [(d.persona(x.agent), x.response_ids) for x in recent])
+    return Request(self._render(messages), d.index * _TURN_SLOTS + t)
+
+  def _sample_turns(self, dialogues: Sequence[Dialogue], seed: int) -> list[Turn]:
+    requests = [self._turn_request(d) for d in dialogues]
+    outs = self.engine.generate(requests, self.turn_sp, seed)
+    return [Turn(1 if len(d.turns) % 2 == 0 else 2, list(r.prompt_ids), o.tokens, o.logprobs,
+                 self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip(), o.stop_reason)
+            for d, r, o in zip(dialogues, requests, outs)]
+
+  def _submit_agreement(self, dialogues: Sequence[Dialogue]):
+    kwargs = [dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2,
+                   turns=_judge_turns(d, self.config.agreement_judge_turns)) for d in dialogues]
+    return self.judge.map_async(judges.judge_agreement, kwargs)
+
+  def _apply_verdicts(self, dialogues: Sequence[Dialogue], results) -> None:
+    for d, res in zip(dialogues, results):
+      turn = d.turns[-1]
+      turn.judge_latency_s = res.latency_s
+      if not res.ok:
+        turn.judge_failure = res.reason
+        d.failed, d.failure = True, f"agreement judge: {res.reason}"
+      else:
+        turn.agreed = bool(res.value)
+        d.agreed = turn.agreed
+
+  def run(self, items: Sequence[Mapping[str, Any]], seed: int, *, evaluation: bool = False) -> list[Dialogue]:
+    """items: dicts with 'dilemma' and 'pair'. Returns P*G dialogues, group-major."""
+    g = self.config.group_size
+    dialogues = [Dialogue(i * g + j, i, it["dilemma"], it["pair"]) for i, it in enumerate(items) for j in range(g)]
+    active = list(dialogues)
+    pending = self._sample_turns(active, seed)
+    for t in range(self.config.max_turns):
+      for d, turn in zip(active, pending):
+        d.turns.append(turn)
+      verdicts = self._submit_agreement(active)
+      speculative = None
+      if self.config.overlap_judge and t + 1 < self.config.max_turns:
+        speculative = self._sample_turns(active, seed)  # row ids make these the same tokens as a later call
+      self._apply_verdicts(active, verdicts.result())
+      still = [i for i, d in enumerate(active) if d.active]
+      if speculative is not None:
+        pending = [speculative[i] for i in still]
+      active = [active[i] for i in still]
+      if not active or t + 1 == self.config.max_turns:
+        break
+      if speculative is None:
+        pending = self._sample_turns(active, seed)
+    self._complete_and_score(dialogues, seed, evaluation)
+    return dialogues
+
+  def _complete_and_score(self, dialogues: Sequence[Dialogue], seed: int, evaluation: bool) -> None:
+    writers = [d for d in dialogues if not d.failed and (d.agreed or evaluation)]
+    requests = []
+    for d in writers:
+      msgs = prompts.completion_messages(d.dilemma, d.agent1, d.agent2,
+                                         [(d.persona(t.agent), t.response_ids) for t in d.turns])
+      d.completion_prompt_ids = self._render(msgs)
+      requests.append(Request(d.completion_prompt_ids, d.index * _TURN_SLOTS + _TURN_SLOTS - 1))
+    for d, o in zip(writers, self.engine.generate(requests, self.completion_sp, seed)):
+      d.completion_ids = o.tokens
+      d.completion_text = self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip()
+    kwargs = [dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2, completion=d.completion_text)
+              for d in writers]
+    results = self.judge.map_async(judges.judge_ca, kwargs).result() if writers else []
+    for d, res in zip(writers, results):
+      d.ca_latency_s = res.latency_s
+      if res.ok:
+        d.score = int(res.value)
+      else:
+        d.failed, d.failure = True, f"CA judge: {res.reason}"
+    for d in dialogues:
+      d.reward = float(d.score) if (d.agreed and d.score is not None) else 0.0
+      d.excluded = d.failed and self.config.failed_policy == "exclude"

@@ -1,0 +1,67 @@
+"""Versioned negotiation prompts. Sampled turns enter them as ids (token-in/token-out), never as re-tokenised text.
+
+Written for small instruct models too: short, concrete, in character, and explicit about how to signal agreement,
+so that a 135M model produces something a reader recognises as a negotiation.
+"""
+from __future__ import annotations
+
+from typing import Any, Mapping, Sequence
+
+PROMPT_VERSION = "negotiation-v1"
+
+TURN_SYSTEM = (
+    "You are {name}. {description}\n"
+    "You value: {values}. Your priorities: {priorities}. You will never accept: {red_lines}.\n"
+    "You are negotiating with {other}, who sees things differently, to reach a resolution of the dilemma that "
+    "you can both accept. Stay in character. In each reply (at most 4 sentences): respond to their last point, "
+    "make one concrete proposal (who does what, when), and say what you can concede. If their latest proposal is "
+    "acceptable to you, say \"I agree\" and restate the resolution.")
+
+OPENING = "Dilemma: {dilemma}\n\nYou speak first. Open the negotiation with a concrete proposal."
+CONTINUE = "Dilemma: {dilemma}\n\nThe most recent turns of the negotiation:\n"
+REPLY = "\nReply to {other} now."
+
+COMPLETION_SYSTEM = (
+    "You are {name}. You and {other} have negotiated the dilemma below. Write the final resolution you agreed on, "
+    "as a clear answer to the dilemma: what will be done, by whom, and how it serves everyone involved.")
+COMPLETION_USER = "Dilemma: {dilemma}\n\nParties:\n- {a_line}\n- {b_line}\n\nThe full negotiation:\n"
+COMPLETION_TAIL = "\nNow write the final resolution."
+
+
+def persona_line(p: Mapping[str, Any]) -> str:
+  return f"{p['name']}: values {', '.join(p['values'])}"
+
+
+def dilemma_text(d: Mapping[str, Any]) -> str:
+  return d["text"]
+
+
+def _system(speaker: Mapping[str, Any], other: Mapping[str, Any]) -> str:
+  return TURN_SYSTEM.format(name=speaker["name"], description=speaker.get("description", ""),
+                            values=", ".join(speaker["values"]), priorities=", ".join(speaker["priorities"]),
+                            red_lines=", ".join(speaker["red_lines"]), other=other["name"])
+
+
+def turn_messages(dilemma: Mapping[str, Any], speaker: Mapping[str, Any], other: Mapping[str, Any],
+                  recent: Sequence[tuple[Mapping[str, Any], Sequence[int]]]) -> list[dict[str, Any]]:
+  """System: the speaker's persona and instructions. User: the dilemma and the `recent` turns (speaker, ids)."""
+  if not recent:
+    user: list[Any] = [OPENING.format(dilemma=dilemma_text(dilemma))]
+  else:
+    user = [CONTINUE.format(dilemma=dilemma_text(dilemma))]
+    for who, ids in recent:
+      user += [f"{'You' if who is speaker else who['name']}: ", list(ids), "\n"]
+    user.append(REPLY.format(other=other["name"]))
+  return [{"role": "system", "content": _system(speaker, other)}, {"role": "user", "content": user}]
+
+
+def completion_messages(dilemma: Mapping[str, Any], agent1: Mapping[str, Any], agent2: Mapping[str, Any],
+                        turns: Sequence[tuple[Mapping[str, Any], Sequence[int]]]) -> list[dict[str, Any]]:
+  """Agent 1 writes the final completion from the dilemma, both personas and the whole dialogue."""
+  user: list[Any] = [COMPLETION_USER.format(dilemma=dilemma_text(dilemma), a_line=persona_line(agent1),
+                                            b_line=persona_line(agent2))]
+  for who, ids in turns:
+    user += [f"{who['name']}: ", list(ids), "\n"]
+  user.append(COMPLETION_TAIL)
+  return [{"role": "system", "content": COMPLETION_SYSTEM.format(name=agent1["name"], other=agent2["name"])},
+          {"role": "user", "content": user}]

@@ -1,0 +1,67 @@
+"""Dialogue records: appended to rotating JSONL files, flushed per record so a crash loses nothing written."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from typing import Any, Iterator
+
+from deliberate.negotiation.episode import Dialogue
+from deliberate.negotiation.prompts import PROMPT_VERSION
+
+
+def dialogue_record(d: Dialogue, step: int) -> dict[str, Any]:
+  return {
+      "step": step, "index": d.index, "group": d.group, "prompt_version": PROMPT_VERSION,
+      "dilemma_id": d.dilemma["id"], "pair_id": d.pair["pair_id"],
+      "agent1": d.agent1["id"], "agent2": d.agent2["id"],
+      "turns": [{"agent": t.agent, "text": t.text, "ids": t.response_ids, "stop_reason": t.stop_reason,
+                 "agreed": t.agreed, "judge_latency_s": round(t.judge_latency_s, 4),
+                 "judge_failure": t.judge_failure} for t in d.turns],
+      "agreed": d.agreed, "rounds": d.rounds, "completion": d.completion_text, "completion_ids": d.completion_ids,
+      "score": d.score, "reward": d.reward, "ca_latency_s": round(d.ca_latency_s, 4),
+      "failed": d.failed, "failure": d.failure, "excluded": d.excluded,
+  }
+
+
+class RecordWriter:
+  """Appends to `<dir>/<prefix>-NNNNN.jsonl`, starting a new file past `max_bytes`; resumes the last file."""
+
+  def __init__(self, directory: str, prefix: str = "dialogues", max_bytes: int = 64 << 20):
+    self.directory, self.prefix, self.max_bytes = directory, prefix, max_bytes
+    os.makedirs(directory, exist_ok=True)
+    existing = sorted(glob.glob(os.path.join(directory, f"{prefix}-*.jsonl")))
+    self._index = int(existing[-1].rsplit("-", 1)[1].split(".")[0]) if existing else 0
+    self._file = None
+
+  @property
+  def path(self) -> str:
+    return os.path.join(self.directory, f"{self.prefix}-{self._index:05d}.jsonl")
+
+  def write(self, record: dict[str, Any]) -> None:
+    if self._file is None:
+      self._file = open(self.path, "a", encoding="utf-8")
+    if self._file.tell() >= self.max_bytes:
+      self._file.close()
+      self._index += 1
+      self._file = open(self.path, "a", encoding="utf-8")
+    self._file.write(json.dumps(record, ensure_ascii=False) + "\n")
+    self._file.flush()
+
+  def close(self) -> None:
+    if self._file is not None:
+      self._file.close()
+      self._file = None
+
+
+def read_records(path: str) -> Iterator[dict[str, Any]]:
+  """Records from a file or every `*.jsonl` in a directory, in order; a bad line names its file and line."""
+  files = sorted(glob.glob(os.path.join(path, "*.jsonl"))) if os.path.isdir(path) else [path]
+  for f in files:
+    with open(f, encoding="utf-8") as fh:
+      for n, line in enumerate(fh, 1):
+        if line.strip():
+          try:
+            yield json.loads(line)
+          except json.JSONDecodeError as e:
+            raise ValueError(f"{f}:{n}: not a JSON record ({e.msg})") from None
