@@ -107,6 +107,7 @@ class Negotiator:
     self.completion_sp = SamplingParams(temperature=c.completion_temperature, top_p=c.completion_top_p,
                                         max_new_tokens=c.max_completion_tokens)
     self.stop = tok_lib.stop_ids(tokenizer)
+    self.timings = {"sample_s": 0.0, "judge_wait_s": 0.0}  # cumulative: sampling vs waiting on the judge
 
   def _render(self, messages) -> list[int]:
     return tok_lib.render_ids(self.tokenizer, messages, add_generation_prompt=True, stop=self.stop)
@@ -120,8 +121,10 @@ class Negotiator:
     return Request(self._render(messages), d.index * _TURN_SLOTS + t)
 
   def _sample_turns(self, dialogues: Sequence[Dialogue], seed: int) -> list[Turn]:
+    t0 = time.time()
     requests = [self._turn_request(d) for d in dialogues]
     outs = self.engine.generate(requests, self.turn_sp, seed)
+    self.timings["sample_s"] += time.time() - t0
     return [Turn(1 if len(d.turns) % 2 == 0 else 2, list(r.prompt_ids), o.tokens, o.logprobs,
                  self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip(), o.stop_reason)
             for d, r, o in zip(dialogues, requests, outs)]
@@ -130,6 +133,12 @@ class Negotiator:
     kwargs = [dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2,
                    turns=_judge_turns(d, self.config.agreement_judge_turns)) for d in dialogues]
     return self.judge.map_async(judges.judge_agreement, kwargs)
+
+  def _wait(self, future):
+    t0 = time.time()
+    out = future.result()
+    self.timings["judge_wait_s"] += time.time() - t0
+    return out
 
   def _apply_verdicts(self, dialogues: Sequence[Dialogue], results) -> None:
     for d, res in zip(dialogues, results):
@@ -155,7 +164,7 @@ class Negotiator:
       speculative = None
       if self.config.overlap_judge and t + 1 < self.config.max_turns:
         speculative = self._sample_turns(active, seed)  # row ids make these the same tokens as a later call
-      self._apply_verdicts(active, verdicts.result())
+      self._apply_verdicts(active, self._wait(verdicts))
       still = [i for i, d in enumerate(active) if d.active]
       if speculative is not None:
         pending = [speculative[i] for i in still]
@@ -175,12 +184,15 @@ class Negotiator:
                                          [(d.persona(t.agent), t.response_ids) for t in d.turns])
       d.completion_prompt_ids = self._render(msgs)
       requests.append(Request(d.completion_prompt_ids, d.index * _TURN_SLOTS + _TURN_SLOTS - 1))
-    for d, o in zip(writers, self.engine.generate(requests, self.completion_sp, seed)):
+    t0 = time.time()
+    outs = self.engine.generate(requests, self.completion_sp, seed)
+    self.timings["sample_s"] += time.time() - t0
+    for d, o in zip(writers, outs):
       d.completion_ids = o.tokens
       d.completion_text = self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip()
     kwargs = [dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2, completion=d.completion_text)
               for d in writers]
-    results = self.judge.map_async(judges.judge_ca, kwargs).result() if writers else []
+    results = self._wait(self.judge.map_async(judges.judge_ca, kwargs)) if writers else []
     for d, res in zip(writers, results):
       d.ca_latency_s = res.latency_s
       if res.ok:

@@ -1,0 +1,36 @@
+"""The paper's run: Qwen3-14B (thinking off), LoRA, G=8, 2 prompts a step, lr 5e-6, beta 0, N=7, 1,900 steps.
+
+  python launch/train.py --config configs/negotiation_qwen3_14b.py --workdir /data/runs/neg14b \
+      --config.model.name=/data/ckpt/Qwen3-14B --config.judge.base_url=https://api.openai.com/v1
+
+The paper trained 4-bit QLoRA on one 96 GB GPU; here the frozen base is held in bf16 and the step is the sharded
+(jit over a (data, fsdp) mesh) one, so the base and optimizer state can be split across chips.
+"""
+from deliberate.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.model.name = "/path/to/Qwen3-14B"   # an HF directory with config.json and safetensors
+  c.model.param_dtype = "bfloat16"
+  c.model.compute_dtype = "bfloat16"
+  c.judge.base_url = "https://api.openai.com/v1"
+  c.judge.model = "gpt-4o-mini"          # the paper's training judge class
+  c.judge.api_key_env = "OPENAI_API_KEY"
+  c.judge.cache_path = "judge_cache.sqlite"
+  c.negotiation.group_size = 8
+  c.negotiation.max_turns = 7
+  c.negotiation.turn_temperature = 0.7
+  c.negotiation.completion_temperature = 0.1
+  c.negotiation.overlap_judge = True     # a remote judge: sample the next turn while it answers
+  c.data.prompts_per_step = 2
+  c.num_steps = 1900
+  c.optim.learning_rate = 5e-6
+  c.optim.total_steps = 1900
+  c.rl.beta = 0.0
+  c.rl.step = "sharded"
+  c.rl.mesh_fsdp = 8
+  c.rl.lora_rank = 16                    # not disclosed: ours
+  c.rl.remat = True
+  c.rl.token_chunk = 256
+  return c

