@@ -30,6 +30,8 @@ setup(
         "uvicorn>=0.30",
         "tensorboardX>=2.6",
         "matplotlib>=3.8",
+        "scipy>=1.13",  # sparse n-gram overlap for the data near-duplicate gate
+        "ml_dtypes>=0.5",  # bf16 safetensors without torch
     ],
     extras_require={
         # Parity tests run HF's PyTorch models on CPU; 2.13.0 is a CPU wheel (an unpinned torch pulls CUDA).

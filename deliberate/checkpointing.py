@@ -9,6 +9,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -35,7 +36,8 @@ class Checkpointer:
     step = self.manager.latest_step() if step is None else step
     if step is None:
       raise FileNotFoundError(f"no checkpoint in {self.directory}")
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, template_state)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), template_state)
     out = self.manager.restore(step, args=ocp.args.Composite(
         params=ocp.args.StandardRestore(abstract["params"]), opt_state=ocp.args.StandardRestore(abstract["opt_state"]),
         meta=ocp.args.JsonRestore()))
