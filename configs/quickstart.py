@@ -26,4 +26,5 @@ def get_config():
   c.sampling_sharded = False
   c.rl.lora_rank = 8
   c.rl.token_chunk = 128
+  c.rl.remat = True                      # keeps the backward pass to a few GB on a laptop-sized machine
   return c

@@ -46,10 +46,11 @@ class JudgeCache:
     except sqlite3.Error as e:
       raise RuntimeError(f"judge cache {path!r}: cannot open ({e})") from e
 
-  def get(self, key: str) -> str | None:
+  def get(self, key: str) -> tuple[str, str] | None:
+    """(answer text, model that gave it), or None."""
     with self._lock:
-      row = self._db.execute("SELECT text FROM judge_cache WHERE key = ?", (key,)).fetchone()
-    return None if row is None else row[0]
+      row = self._db.execute("SELECT text, model FROM judge_cache WHERE key = ?", (key,)).fetchone()
+    return None if row is None else (row[0], row[1])
 
   def put(self, key: str, text: str, *, rubric_version: str, model: str) -> None:
     # INSERT OR REPLACE is atomic; two processes writing the same key write the same deterministic-key entry.

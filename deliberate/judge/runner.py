@@ -26,20 +26,22 @@ class SyncJudge:
     validate_judge_config(config)
     self.config = config
     self.server = None
-    base_url, endpoint_id = None, None
+    base_url, endpoint_id, model = None, None, None
     if config.embedded:
       from deliberate.judge import serve  # starlette/uvicorn only when a server is wanted
       if config.embedded_backend == "model" and generate_fn is None:
         raise ValueError("judge config embedded_backend='model' needs a generate_fn (deliberate's sampling engine)")
       self.server = serve.start_server(config.embedded_backend, port=config.embedded_port, generate_fn=generate_fn)
-      base_url, endpoint_id = self.server.url, f"embedded:{config.embedded_backend}"
+      base_url, endpoint_id, model = self.server.url, f"embedded:{config.embedded_backend}", self.server.backend.name
     self.cache = JudgeCache(config.cache_path) if config.cache_path else None
     self._loop = asyncio.new_event_loop()
     self._thread = threading.Thread(target=self._loop.run_forever, daemon=True, name="judge-loop")
     self._thread.start()
 
     async def make() -> JudgeClient:
-      return JudgeClient(config, base_url=base_url, endpoint_id=endpoint_id, cache=self.cache)
+      # The API key is for remote endpoints; it is never sent to the in-process server.
+      return JudgeClient(config, base_url=base_url, endpoint_id=endpoint_id, model=model, cache=self.cache,
+                         use_api_key=not config.embedded)
 
     self.client: JudgeClient = self._submit(make())
 
@@ -71,7 +73,9 @@ class SyncJudge:
     return self._submit(self.client.complete_many(requests, parse))
 
   def metrics(self) -> dict[str, float]:
-    return self.client.metrics.summary()
+    async def summary() -> dict[str, float]:  # read on the loop that writes them
+      return self.client.metrics.summary()
+    return self._submit(summary())
 
   def close(self) -> None:
     if not self._thread.is_alive():

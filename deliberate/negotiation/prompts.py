@@ -7,19 +7,20 @@ from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-PROMPT_VERSION = "negotiation-v1"
+PROMPT_VERSION = "negotiation-v2"
 
 TURN_SYSTEM = (
     "You are {name}. {description}\n"
     "You value: {values}. Your priorities: {priorities}. You will never accept: {red_lines}.\n"
     "You are negotiating with {other}, who sees things differently, to reach a resolution of the dilemma that "
-    "you can both accept. Stay in character. In each reply (at most 4 sentences): respond to their last point, "
-    "make one concrete proposal (who does what, when), and say what you can concede. If their latest proposal is "
-    "acceptable to you, say \"I agree\" and restate the resolution.")
+    "you can both accept. Stay in character and speak only for yourself, directly to {other}. In each reply (2 to "
+    "4 sentences): respond to their last point, make one concrete proposal (who does what, when), and say what you "
+    "can concede. If their latest proposal is acceptable to you, begin your reply with \"I agree\" and restate "
+    "the resolution in one sentence.")
 
 OPENING = "Dilemma: {dilemma}\n\nYou speak first. Open the negotiation with a concrete proposal."
-CONTINUE = "Dilemma: {dilemma}\n\nThe most recent turns of the negotiation:\n"
-REPLY = "\nReply to {other} now."
+CONTINUE = "Dilemma: {dilemma}\n\nThe most recent messages of the negotiation:\n"
+REPLY = "\nWrite your reply to {other}."
 
 COMPLETION_SYSTEM = (
     "You are {name}. You and {other} have negotiated the dilemma below. Write the final resolution you agreed on, "
@@ -50,7 +51,8 @@ def turn_messages(dilemma: Mapping[str, Any], speaker: Mapping[str, Any], other:
   else:
     user = [CONTINUE.format(dilemma=dilemma_text(dilemma))]
     for who, ids in recent:
-      user += [f"{'You' if who is speaker else who['name']}: ", list(ids), "\n"]
+      label = "Your message" if who is speaker else f"{who['name']}'s message"
+      user += [f"\n{label}:\n\"", list(ids), "\"\n"]
     user.append(REPLY.format(other=other["name"]))
   return [{"role": "system", "content": _system(speaker, other)}, {"role": "user", "content": user}]
 
@@ -61,7 +63,7 @@ def completion_messages(dilemma: Mapping[str, Any], agent1: Mapping[str, Any], a
   user: list[Any] = [COMPLETION_USER.format(dilemma=dilemma_text(dilemma), a_line=persona_line(agent1),
                                             b_line=persona_line(agent2))]
   for who, ids in turns:
-    user += [f"{who['name']}: ", list(ids), "\n"]
+    user += [f"\n{who['name']}:\n\"", list(ids), "\"\n"]
   user.append(COMPLETION_TAIL)
   return [{"role": "system", "content": COMPLETION_SYSTEM.format(name=agent1["name"], other=agent2["name"])},
           {"role": "user", "content": user}]

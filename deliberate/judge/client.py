@@ -1,0 +1,299 @@
+"""Async OpenAI-compatible judge client: every request ends in exactly one result, an answer or a reasoned failure.
+
+Transport faults (connect errors, timeouts, 429, 5xx, malformed bodies) are retried with exponential backoff and full
+jitter, honouring Retry-After; unparseable answers are re-asked up to `max_parse_retries` times; whatever is still
+wrong is returned as a failure with its reason and counted, never turned into a score.
+"""
+from __future__ import annotations
+
+import asyncio
+import collections
+import dataclasses
+import email.utils
+import logging
+import os
+import random
+import sqlite3
+import time
+from typing import Any, Callable, Sequence
+
+import httpx
+import ml_collections
+import numpy as np
+
+from deliberate.judge.cache import JudgeCache, cache_key
+from deliberate.judge.config import validate_judge_config
+from deliberate.judge.transport import StackTransport
+
+log = logging.getLogger(__name__)
+
+
+class ParseError(ValueError):
+  """The judge answered, but not in a form its rubric's parser accepts."""
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeRequest:
+  messages: list[dict[str, str]]
+  rubric_version: str = "raw"      # part of the cache key: a new rubric never replays old answers
+  max_tokens: int | None = None    # None: the config's value
+  temperature: float | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class JudgeResult:
+  """`value` is the parsed answer when ok; `reason` names the failure otherwise. Never both."""
+  ok: bool
+  value: Any = None
+  text: str | None = None          # the judge's raw answer (last one received, also on parse failure)
+  reason: str | None = None        # e.g. 'timeout', 'connect', 'http_429', 'http_503', 'bad_response', 'unparseable'
+  detail: str = ""
+  latency_s: float = 0.0
+  attempts: int = 0                # HTTP attempts made (0 on a cache hit)
+  cache_hit: bool = False
+  rubric_version: str = "raw"
+  model: str | None = None         # the model name the endpoint reported (which judge gave this answer)
+
+
+class JudgeMetrics:
+  """Counters for the trainer's metric stream; `summary()` is flat and JSON-safe."""
+
+  def __init__(self):
+    self.requests = 0                 # logical calls
+    self.http_attempts = 0
+    self.retries: collections.Counter[str] = collections.Counter()   # transport retries by reason
+    self.parse_retries = 0
+    self.failures: collections.Counter[str] = collections.Counter()  # final failures by reason
+    self.cache_hits = 0
+    self.cache_misses = 0
+    self.latencies_s: list[float] = []  # successful calls, including cache hits
+
+  def summary(self) -> dict[str, float]:
+    s = {"judge/requests": self.requests, "judge/http_attempts": self.http_attempts,
+         "judge/retries": sum(self.retries.values()), "judge/parse_retries": self.parse_retries,
+         "judge/failures": sum(self.failures.values()), "judge/cache_hits": self.cache_hits,
+         "judge/cache_misses": self.cache_misses}
+    s.update({f"judge/retries/{k}": v for k, v in sorted(self.retries.items())})
+    s.update({f"judge/failures/{k}": v for k, v in sorted(self.failures.items())})
+    if self.latencies_s:
+      p50, p95 = np.percentile(self.latencies_s, [50, 95])
+      s.update({"judge/latency_p50_s": float(p50), "judge/latency_p95_s": float(p95)})
+    return s
+
+
+class TokenBucket:
+  """Refills at rate/60 per second up to one second's worth; a cost above that drives the level negative, so
+  long-run throughput still matches the limit."""
+
+  def __init__(self, per_minute: float):
+    self.rate = per_minute / 60.0
+    self.capacity = max(1.0, self.rate)
+    self.level = self.capacity
+    self._t = time.monotonic()
+    self._lock = asyncio.Lock()
+
+  def _refill(self) -> None:
+    now = time.monotonic()
+    self.level = min(self.capacity, self.level + (now - self._t) * self.rate)
+    self._t = now
+
+  async def acquire(self, cost: float) -> None:
+    async with self._lock:  # FIFO: a large request is not starved by small ones
+      while True:
+        self._refill()
+        need = min(cost, self.capacity)
+        if self.level >= need:
+          self.level -= cost
+          return
+        await asyncio.sleep((need - self.level) / self.rate)
+
+  def correct(self, delta: float) -> None:
+    """Charges (or refunds, when negative) the difference between the estimate and the reported usage."""
+    self._refill()
+    self.level = min(self.capacity, self.level - delta)
+
+
+class _AttemptError(Exception):
+
+  def __init__(self, reason: str, retryable: bool, detail: str = "", retry_after: float | None = None):
+    super().__init__(f"{reason}: {detail}")
+    self.reason, self.retryable, self.detail, self.retry_after = reason, retryable, detail, retry_after
+
+
+def parse_retry_after(value: str | None) -> float | None:
+  """Seconds (integer or, leniently, fractional) or an HTTP date; None when absent or unreadable."""
+  if not value:
+    return None
+  try:
+    return max(0.0, float(value))
+  except ValueError:
+    pass
+  try:
+    when = email.utils.parsedate_to_datetime(value)
+  except (TypeError, ValueError):
+    return None
+  return max(0.0, when.timestamp() - time.time())
+
+
+def _estimate_tokens(messages: list[dict[str, str]], max_tokens: int) -> int:
+  return sum(len(m.get("content", "")) for m in messages) // 4 + max_tokens
+
+
+class JudgeClient:
+  """One per event loop. Bounded concurrency, RPM/TPM buckets, one shared httpx connection pool."""
+
+  def __init__(self, config: ml_collections.ConfigDict, *, base_url: str | None = None,
+               endpoint_id: str | None = None, model: str | None = None, cache: JudgeCache | None = None,
+               use_api_key: bool = True):
+    validate_judge_config(config)
+    self.config = config
+    self.base_url = (base_url or config.base_url).rstrip("/")
+    # Identity of the endpoint in cache keys; an embedded server's ephemeral port must not split the cache.
+    self.endpoint_id = endpoint_id or self.base_url
+    self.model = model or config.model
+    self.cache = cache
+    self.metrics = JudgeMetrics()
+    headers = {}
+    if use_api_key and config.api_key_env:
+      key = os.environ.get(config.api_key_env)
+      if key:
+        headers["Authorization"] = f"Bearer {key}"  # lives only inside the httpx client's headers
+      else:
+        log.warning("judge: environment variable %s is not set; sending requests without an API key",
+                    config.api_key_env)
+    n = int(config.max_concurrency)
+    self._http = httpx.AsyncClient(
+        headers=headers,
+        timeout=httpx.Timeout(config.timeout_s), transport=StackTransport(max_connections=n))
+    self._url = httpx.URL(self.base_url + "/chat/completions")  # parsed once, not per request
+    self._sem = asyncio.Semaphore(n)
+    self._rpm = TokenBucket(config.requests_per_minute) if config.requests_per_minute else None
+    self._tpm = TokenBucket(config.tokens_per_minute) if config.tokens_per_minute else None
+
+  def __repr__(self) -> str:
+    return f"JudgeClient(base_url={self.base_url!r}, model={self.model!r})"
+
+  async def __aenter__(self) -> "JudgeClient":
+    return self
+
+  async def __aexit__(self, *exc) -> None:
+    await self.aclose()
+
+  async def aclose(self) -> None:
+    await self._http.aclose()
+
+  def _backoff_s(self, retry: int, retry_after: float | None) -> float:
+    jittered = random.uniform(0.0, min(self.config.backoff_max_s, self.config.backoff_base_s * 2 ** (retry - 1)))
+    return jittered if retry_after is None else max(retry_after, jittered)
+
+  async def _attempt(self, body: dict[str, Any]) -> tuple[str, str]:
+    """One HTTP round trip under the concurrency and rate limits; raises _AttemptError on any fault."""
+    async with self._sem:
+      if self._rpm:
+        await self._rpm.acquire(1)
+      estimate = _estimate_tokens(body["messages"], body["max_tokens"])
+      if self._tpm:
+        await self._tpm.acquire(estimate)
+      self.metrics.http_attempts += 1
+      try:
+        async with asyncio.timeout(self.config.timeout_s):
+          resp = await self._http.post(self._url, json=body)
+      except (TimeoutError, httpx.TimeoutException) as e:
+        raise _AttemptError("timeout", True, f"no answer within {self.config.timeout_s}s") from e
+      except httpx.ConnectError as e:
+        raise _AttemptError("connect", True, type(e).__name__) from e
+      except httpx.TransportError as e:  # dropped connection, protocol error
+        raise _AttemptError("transport", True, f"{type(e).__name__}: {e}") from e
+    status = resp.status_code
+    if status == 429 or status >= 500:
+      raise _AttemptError(f"http_{status}", True, resp.text[:200], parse_retry_after(resp.headers.get("retry-after")))
+    if status >= 400:
+      raise _AttemptError(f"http_{status}", False, resp.text[:200])
+    try:
+      data = resp.json()
+      choices = data["choices"]
+      if not choices:
+        raise _AttemptError("bad_response", True, "empty 'choices'")
+      text = choices[0]["message"]["content"]
+    except (ValueError, KeyError, TypeError, IndexError) as e:
+      raise _AttemptError("bad_response", True, f"{type(e).__name__}: {resp.text[:200]!r}") from e
+    if not isinstance(text, str):
+      raise _AttemptError("bad_response", True, f"message content is {type(text).__name__}, not a string")
+    usage = data.get("usage") if isinstance(data, dict) else None
+    if self._tpm and isinstance(usage, dict) and isinstance(usage.get("total_tokens"), int):
+      self._tpm.correct(usage["total_tokens"] - estimate)
+    return text, str(data.get("model") or self.model)
+
+  async def complete(self, request: JudgeRequest, parse: Callable[[str], Any] | None = None) -> JudgeResult:
+    """Answer or failure for one request; `parse` raises ParseError on answers its rubric does not accept."""
+    t0 = time.perf_counter()
+    self.metrics.requests += 1
+    body = {"model": self.model, "messages": request.messages,
+            "max_tokens": int(request.max_tokens or self.config.max_tokens),
+            "temperature": float(self.config.temperature if request.temperature is None else request.temperature)}
+    common = dict(rubric_version=request.rubric_version)
+    key = None
+    if self.cache is not None:
+      params = {"max_tokens": body["max_tokens"], "temperature": body["temperature"]}
+      key = cache_key(self.endpoint_id, self.model, request.rubric_version, request.messages, params)
+      try:
+        text, cached_model = self.cache.get(key) or (None, None)
+      except sqlite3.Error as e:  # a broken cache costs a request, never the answer
+        log.warning("judge: cache read failed (%s); asking the endpoint", e)
+        text = cached_model = None
+      if text is not None:
+        try:
+          value = parse(text) if parse else text
+        except ParseError:
+          pass  # written by an older parser: ask again
+        else:
+          self.metrics.cache_hits += 1
+          latency = time.perf_counter() - t0
+          self.metrics.latencies_s.append(latency)
+          return JudgeResult(True, value, text, latency_s=latency, cache_hit=True, model=cached_model, **common)
+      self.metrics.cache_misses += 1
+    attempts = retries = parse_retries = 0
+    text = reported = None
+    try:
+      while True:
+        attempts += 1
+        try:
+          text, reported = await self._attempt(body)
+        except _AttemptError as e:
+          if e.retryable and retries < self.config.max_retries:
+            retries += 1
+            self.metrics.retries[e.reason] += 1
+            await asyncio.sleep(self._backoff_s(retries, e.retry_after))
+            continue
+          return self._fail(e.reason, e.detail, t0, attempts, text, common)
+        try:
+          value = parse(text) if parse else text
+        except ParseError as e:
+          if parse_retries < self.config.max_parse_retries:
+            parse_retries += 1
+            self.metrics.parse_retries += 1
+            continue
+          return self._fail("unparseable", str(e), t0, attempts, text, common)
+        break
+    except Exception as e:  # a bug must not lose the request: it is reported, once, as a failure
+      log.exception("judge: unexpected error")
+      return self._fail(f"error_{type(e).__name__}", str(e), t0, attempts, text, common)
+    if key is not None:
+      try:
+        await asyncio.to_thread(self.cache.put, key, text, rubric_version=request.rubric_version, model=reported)
+      except sqlite3.Error as e:
+        log.warning("judge: cache write failed (%s); the answer is returned uncached", e)
+    latency = time.perf_counter() - t0
+    self.metrics.latencies_s.append(latency)
+    return JudgeResult(True, value, text, latency_s=latency, attempts=attempts, model=reported, **common)
+
+  def _fail(self, reason: str, detail: str, t0: float, attempts: int, text: str | None,
+            common: dict[str, Any]) -> JudgeResult:
+    self.metrics.failures[reason] += 1
+    log.warning("judge: request failed after %d attempt(s): %s %s", attempts, reason, detail[:200])
+    return JudgeResult(False, None, text, reason, detail, time.perf_counter() - t0, attempts, **common)
+
+  async def complete_many(self, requests: Sequence[JudgeRequest],
+                          parse: Callable[[str], Any] | None = None) -> list[JudgeResult]:
+    """Results in request order, one per request."""
+    return list(await asyncio.gather(*(self.complete(r, parse) for r in requests)))

@@ -1,0 +1,142 @@
+"""Deterministic local judge (lexicon backend): a transparent keyword heuristic, NOT an LLM.
+
+For offline smoke runs and tests only. It reads the rubric tag on the first line of the system prompt and only the
+fenced blocks of the user prompt, and answers in the format the parsers read:
+- agreement/v*: yes iff the latest turn contains an acceptance phrase (AGREE) and no refusal phrase (REFUSE).
+- ca-score/v*: 0 if the completion has fewer than MIN_WORDS words; else (aspects with >= 2 distinct cue words
+  among Knowledge, Benevolence, Power, Vitality) + 1 if it addresses every stakeholder (both persona names, or
+  words such as "both", "everyone", "all parties"), capped at 5.
+- ca-pairwise/v*: the higher (CA score, total distinct CA cues) wins; equal is a tie.
+- resolution-pairwise/v*: the higher (distinct RESOLUTION cues + persona names mentioned, total CA cues) wins.
+Cue lists: a word matches an entry exactly, or by prefix when the entry ends in '*'.
+"""
+from __future__ import annotations
+
+import re
+from typing import Mapping, Sequence
+
+MODEL_NAME = "deterministic-local-judge (lexicon)"
+MIN_WORDS = 20
+
+ASPECTS = {
+    "knowledge": ("inform*", "evidence", "data", "transparen*", "explain*", "explanation*", "understand*", "learn*",
+                  "research*", "clarif*", "disclos*", "fact", "facts", "assess*", "evaluat*", "honest*", "knowledge",
+                  "insight*", "educat*", "expert*", "measur*"),
+    "benevolence": ("care", "cares", "caring", "wellbeing", "well-being", "welfare", "safe", "safety", "harm*",
+                    "respect*", "dignity", "fair", "fairly", "fairness", "compassion*", "empath*", "support*",
+                    "kindness", "trust*", "protect*", "health*", "concern*", "needs"),
+    "power": ("choice*", "choos*", "option*", "voice*", "consent*", "autonom*", "empower*", "agency", "decid*",
+              "decision*", "control*", "resource*", "capacit*", "participat*", "negotiat*", "rights", "access*",
+              "skill*", "ownership"),
+    "vitality": ("sustain*", "long-term", "future", "grow*", "resilien*", "adapt*", "revisit*", "review*", "renew*",
+                 "thriv*", "ongoing", "relationship*", "pilot*", "iterat*", "flourish*", "energ*", "momentum",
+                 "innovat*", "evolv*"),
+}
+RESOLUTION = ("compromis*", "agree*", "mutual*", "middle", "split*", "shar*", "balanc*", "exchange", "trade-off*",
+              "tradeoff*", "plan", "step*", "timeline*", "trial*", "phase*", "commit*", "resolv*", "resolution",
+              "together", "joint*")
+STAKEHOLDERS = re.compile(r"\b(both|everyone|everybody|all (?:parties|stakeholders|involved|sides)|"
+                          r"each (?:party|side))\b")
+AGREE = re.compile(r"\b(?:i|we) (?:fully |both |can |do )?agree\b|\bagreed\b|\b(?:it'?s|we have) a deal\b|^deal\b|"
+                   r"\b(?:i|we) (?:can )?accept\b|\bsounds good\b|\b(?:that )?works for me\b|\blet'?s do it\b|"
+                   r"\blet'?s go with\b|\bi'?m on board\b|\bcount me in\b", re.M)
+REFUSE = re.compile(r"\b(?:don'?t|do not|can'?t|cannot|won'?t|will not|not) (?:yet )?(?:agree|accept)|\bdisagree|"
+                    r"\bno deal\b|\breject|\bnot agreed\b|\bunacceptable\b|\bnot acceptable\b")
+
+_BEGIN = re.compile(r"^<<<BEGIN (\S+) ([0-9a-f]{32})>>>$")
+_WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
+
+
+def fenced_blocks(text: str) -> list[tuple[str, str]]:
+  """(label, content) of each top-level fenced block; fence-like lines inside a block stay content."""
+  lines, out, i = text.split("\n"), [], 0
+  while i < len(lines):
+    m = _BEGIN.match(lines[i])
+    if m:
+      end = f"<<<END {m.group(1)} {m.group(2)}>>>"
+      if end in lines[i + 1:]:
+        j = lines.index(end, i + 1)
+        out.append((m.group(1), "\n".join(lines[i + 1:j])))
+        i = j
+    i += 1
+  return out
+
+
+def _cues(text: str, entries: Sequence[str]) -> list[str]:
+  words = set(_WORD.findall(text.lower()))
+  hits = []
+  for e in entries:
+    if e.endswith("*") and any(w.startswith(e[:-1]) for w in words):
+      hits.append(e[:-1])
+    elif e in words:
+      hits.append(e)
+  return hits
+
+
+def _names(blocks: dict[str, str]) -> list[str]:
+  names = []
+  for label in ("PERSONA_A", "PERSONA_B"):
+    m = re.match(r"Name: (.+)", blocks.get(label, ""))
+    if m:
+      names.append(m.group(1).strip().lower())
+  return names
+
+
+def ca_breakdown(completion: str, names: Sequence[str]) -> tuple[int, int, str]:
+  """(score, total distinct cues, explanation)."""
+  hits = {a: _cues(completion, cues) for a, cues in ASPECTS.items()}
+  total = sum(len(h) for h in hits.values())
+  n_words = len(_WORD.findall(completion.lower()))
+  if n_words < MIN_WORDS:
+    return 0, total, f"only {n_words} words (< {MIN_WORDS})"
+  covered = sum(len(h) >= 2 for h in hits.values())
+  low = completion.lower()
+  everyone = bool(STAKEHOLDERS.search(low)) or (len(names) == 2 and all(n in low for n in names))
+  why = ", ".join(f"{a} {len(h)} [{', '.join(h)}]" for a, h in hits.items())
+  return min(5, covered + int(everyone)), total, (f"{why}; aspects with >= 2 cues: {covered}; "
+                                                   f"all stakeholders addressed: {'yes' if everyone else 'no'}")
+
+
+def _resolution(response: str, names: Sequence[str]) -> tuple[int, int, str]:
+  hits = _cues(response, RESOLUTION)
+  named = [n for n in names if n in response.lower()]
+  _, ca_total, _ = ca_breakdown(response, names)
+  return len(hits) + len(named), ca_total, f"resolution cues [{', '.join(hits)}], parties named {len(named)}"
+
+
+def _pairwise(key_a: tuple[int, int, str], key_b: tuple[int, int, str]) -> str:
+  winner = "A" if key_a[:2] > key_b[:2] else "B" if key_b[:2] > key_a[:2] else "tie"
+  return f"A: {key_a[2]} -> {key_a[:2]}; B: {key_b[2]} -> {key_b[:2]}.\nWinner: {winner}"
+
+
+def answer(messages: Sequence[Mapping[str, str]]) -> str:
+  """The lexicon judge's reply to a deliberate judge prompt; ValueError for any other prompt."""
+  if not messages or messages[0].get("role") != "system":
+    raise ValueError("messages[0]: the lexicon judge needs deliberate's system prompt with a [rubric: ...] tag")
+  m = re.match(r"\[rubric: ([a-z-]+)/v\d+\]", messages[0].get("content", ""))
+  if not m:
+    raise ValueError("messages[0].content: no [rubric: name/vN] tag on the first line; the lexicon judge only "
+                     "answers deliberate's judge rubrics")
+  blocks = fenced_blocks("\n\n".join(x.get("content", "") for x in messages[1:] if x.get("role") == "user"))
+  named = dict(blocks)
+  names = _names(named)
+  head = "deterministic local judge (lexicon heuristic, not an LLM): "
+  rubric = m.group(1)
+  if rubric == "agreement":
+    turns = [c for label, c in blocks if label.startswith("TURN")]
+    if not turns:
+      raise ValueError("agreement prompt has no fenced TURN blocks")
+    last = turns[-1].lower()
+    agree, refuse = AGREE.findall(last), REFUSE.findall(last)
+    verdict = "yes" if agree and not refuse else "no"
+    return f"{head}latest turn acceptance cues {agree}, refusal cues {refuse}.\nVerdict: {verdict}"
+  if rubric == "ca-score":
+    score, _, why = ca_breakdown(named.get("COMPLETION", ""), names)
+    return f"{head}{why}.\nScore: {score}"
+  if rubric == "ca-pairwise":
+    return head + _pairwise(ca_breakdown(named.get("RESPONSE_A", ""), names),
+                            ca_breakdown(named.get("RESPONSE_B", ""), names))
+  if rubric == "resolution-pairwise":
+    return head + _pairwise(_resolution(named.get("RESPONSE_A", ""), names),
+                            _resolution(named.get("RESPONSE_B", ""), names))
+  raise ValueError(f"messages[0].content: unknown rubric {rubric!r} for the lexicon judge")

@@ -1,0 +1,159 @@
+"""A fault-injecting OpenAI-compatible server on raw asyncio streams (full control over the socket: it can drop a
+connection mid-request, which an ASGI app cannot). Used by the fault tests and by bench/judge.py.
+
+Each request names itself on the first line of its last message, `id: <name>`. `plan[name]` lists the behaviour of
+its successive attempts; past the end of the list (or without a plan) the request is answered normally. Behaviours:
+ok, close (answers, then closes the keep-alive connection), 429 (with Retry-After: retry_after), 500, 503, slow
+(answers after slow_s), drop (closes the connection without a response), malformed (200 with a non-JSON body),
+empty (200 with "choices": []), nonint ("Score: 3.5").
+`log` records (name, behaviour) for every attempt received; `max_in_flight` the most requests held at once;
+`connections` the TCP connections accepted; `authorization` each request's Authorization header.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import collections
+import json
+import threading
+from typing import Callable
+
+OK_ANSWER = "request {name} answered.\nScore: 3"
+
+
+def _response(status: int, body: bytes, extra: str = "") -> bytes:
+  reason = {200: "OK", 429: "Too Many Requests", 500: "Internal Server Error", 503: "Service Unavailable"}[status]
+  return (f"HTTP/1.1 {status} {reason}\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
+          f"{extra}\r\n").encode() + body
+
+
+def _completion(text: str) -> bytes:
+  return json.dumps({"object": "chat.completion", "model": "fault-server",
+                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                  "finish_reason": "stop"}]}).encode()
+
+
+class FaultServer:
+  """Runs on its own thread and loop; `url` ends in /v1."""
+
+  def __init__(self, plan: dict[str, list[str]] | None = None, *, delay_s: float = 0.0, slow_s: float = 2.0,
+               retry_after: str = "0.05", answer: Callable[[str], str] | None = None, port: int = 0):
+    self.plan = plan or {}
+    self.delay_s, self.slow_s, self.retry_after, self.port = delay_s, slow_s, retry_after, port
+    self.answer = answer or (lambda name: OK_ANSWER.format(name=name))
+    self.log: list[tuple[str, str]] = []
+    self.in_flight = self.max_in_flight = 0
+    self.authorization: list[str] = []  # Authorization header of each request ('' when absent)
+    self.connections = 0  # TCP connections accepted
+    self._seen: collections.Counter[str] = collections.Counter()
+    self._loop = asyncio.new_event_loop()
+    self._started = threading.Event()
+    self._thread = threading.Thread(target=self._run, daemon=True, name="fault-server")
+
+  def _behaviour(self, name: str) -> str:
+    k = self._seen[name]
+    self._seen[name] += 1
+    steps = self.plan.get(name, [])
+    b = steps[k] if k < len(steps) else "ok"
+    self.log.append((name, b))
+    return b
+
+  async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    self.connections += 1
+    try:
+      while True:
+        head = await reader.readuntil(b"\r\n\r\n")
+        length, auth = 0, ""
+        for line in head.split(b"\r\n")[1:]:
+          k, _, v = line.partition(b":")
+          if k.strip().lower() == b"content-length":
+            length = int(v)
+          elif k.strip().lower() == b"authorization":
+            auth = v.strip().decode()
+        self.authorization.append(auth)
+        body = await reader.readexactly(length)
+        try:
+          name = json.loads(body)["messages"][-1]["content"].split("\n", 1)[0].removeprefix("id: ").strip()
+        except (ValueError, KeyError, IndexError, TypeError, AttributeError):
+          name = "?"
+        b = self._behaviour(name)
+        if b == "drop":
+          return
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+          await asyncio.sleep(self.slow_s if b == "slow" else self.delay_s)
+        finally:
+          self.in_flight -= 1
+        if b in ("429", "500", "503"):
+          extra = f"Retry-After: {self.retry_after}\r\n" if b == "429" else ""
+          out = _response(int(b), b'{"error": {"message": "injected fault"}}', extra)
+        elif b == "malformed":
+          out = _response(200, b'{"choices": [{"message": ')
+        elif b == "empty":
+          out = _response(200, b'{"object": "chat.completion", "choices": []}')
+        elif b == "nonint":
+          out = _response(200, _completion(f"request {name} answered.\nScore: 3.5"))
+        else:
+          out = _response(200, _completion(self.answer(name)))
+        writer.write(out)
+        await writer.drain()
+        if b == "close":  # answer, then end the keep-alive connection as an idle-timeout would
+          return
+    except (asyncio.IncompleteReadError, ConnectionError, asyncio.LimitOverrunError, asyncio.CancelledError):
+      pass  # client went away, or the server is stopping: this connection is done
+    finally:
+      writer.close()
+
+  def _run(self) -> None:
+    asyncio.set_event_loop(self._loop)
+    self._server = self._loop.run_until_complete(
+        asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=1024))
+    self.port = self._server.sockets[0].getsockname()[1]
+    self._started.set()
+    self._loop.run_forever()
+    self._server.close()
+    tasks = asyncio.all_tasks(self._loop)
+    for task in tasks:
+      task.cancel()
+    self._loop.run_until_complete(asyncio.gather(*tasks, return_exceptions=True))
+    self._loop.close()
+
+  @property
+  def url(self) -> str:
+    return f"http://127.0.0.1:{self.port}/v1"
+
+  def start(self) -> "FaultServer":
+    self._thread.start()
+    if not self._started.wait(10):
+      raise RuntimeError("fault server did not start")
+    return self
+
+  def stop(self) -> None:
+    self._loop.call_soon_threadsafe(self._loop.stop)
+    self._thread.join(10)
+
+  def __enter__(self) -> "FaultServer":
+    return self.start()
+
+  def __exit__(self, *exc) -> None:
+    self.stop()
+
+
+def main() -> None:
+  """Serve plain answers after --delay seconds until killed; prints the port (used by bench/judge.py)."""
+  p = argparse.ArgumentParser()
+  p.add_argument("--delay", type=float, default=0.1)
+  args = p.parse_args()
+  try:
+    import uvloop  # optional: a faster loop keeps the server's own cost out of the client benchmark
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+  except ImportError:
+    pass
+  server = FaultServer(delay_s=args.delay).start()
+  print(server.port, flush=True)
+  server._thread.join()
+
+
+if __name__ == "__main__":
+  main()
