@@ -1,0 +1,165 @@
+"""The GRPO objective: clipped surrogate, optional k3 KL, and normalisation as (sum, count) pairs.
+
+Every normalisation mode is `sum_t w_row * mask_t * loss_t / sum_rows c_row`, with per-row weights w and count
+shares c computed on the host from the whole batch (`prepare_batch`). Both sums are additive over rows, so a step
+that psums them across shards and micro-batches before dividing gets the same number as one device would:
+  token_sum            w = 1,        c = tokens of the row           (DAPO; the paper's)
+  seq_mean_token_mean  w = 1 / n_s,  c = tokens of the row / n_s     (GRPO; n_s = tokens of the row's sequence, so
+                                                                      a sequence's shares sum to 1 wherever its
+                                                                      rows land)
+  constant             w = 1,        c = norm_constant / rows        (Dr.GRPO)
+Metrics are (sum, count), min and max trees, reduced the same way (`reduce_metrics`, `combine_metrics`).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+NORM_MODES = ("token_sum", "seq_mean_token_mean", "constant")
+Metrics = dict[str, dict[str, jax.Array]]
+
+
+@dataclasses.dataclass(frozen=True)
+class LossConfig:
+  clip_eps_low: float = 0.2
+  clip_eps_high: float = 0.2
+  beta: float = 0.0                 # k3 KL weight; 0 needs no reference log-probs
+  norm_mode: str = "token_sum"
+  norm_constant: float = 0.0        # `constant` mode only, e.g. max_tokens * num_seqs
+
+  def __post_init__(self):
+    if self.norm_mode not in NORM_MODES:
+      raise ValueError(f"LossConfig.norm_mode: {self.norm_mode!r} is not one of {NORM_MODES}")
+    if self.norm_mode == "constant" and self.norm_constant <= 0:
+      raise ValueError("LossConfig.norm_constant: must be > 0 in 'constant' mode")
+    if self.clip_eps_low < 0 or self.clip_eps_high < 0 or self.beta < 0:
+      raise ValueError("LossConfig: clip_eps_low, clip_eps_high and beta must be >= 0")
+
+
+_BT_FIELDS = {"tokens_BxT": np.int32, "positions_BxT": np.int32, "loss_mask_BxT": np.float32,
+              "old_logprobs_BxT": np.float32}
+_B_FIELDS = {"advantages_B": np.float32, "seq_ids_B": np.int32}
+
+
+def prepare_batch(batch: Mapping[str, Any], cfg: LossConfig) -> dict[str, np.ndarray]:
+  """Checks a host batch and adds `loss_weights_B` and `norm_counts_B`; errors name the faulty field."""
+  out = {}
+  for name, dtype in {**_BT_FIELDS, **_B_FIELDS}.items():
+    if name not in batch:
+      raise ValueError(f"training batch: missing field {name!r}")
+    out[name] = np.asarray(batch[name]).astype(dtype)
+  b, t = out["tokens_BxT"].shape
+  for name in _BT_FIELDS:
+    if out[name].shape != (b, t):
+      raise ValueError(f"training batch: {name} has shape {out[name].shape}, expected {(b, t)}")
+  for name in _B_FIELDS:
+    if out[name].shape != (b,):
+      raise ValueError(f"training batch: {name} has shape {out[name].shape}, expected {(b,)}")
+  sample_w = np.asarray(batch.get("sample_weights_B", np.ones(b)), np.float32)
+  if sample_w.shape != (b,):
+    raise ValueError(f"training batch: sample_weights_B has shape {sample_w.shape}, expected {(b,)}")
+  if cfg.beta > 0:
+    if "ref_logprobs_BxT" not in batch:
+      raise ValueError("training batch: beta > 0 needs field 'ref_logprobs_BxT'")
+    out["ref_logprobs_BxT"] = np.asarray(batch["ref_logprobs_BxT"], np.float32)
+    if out["ref_logprobs_BxT"].shape != (b, t):
+      raise ValueError(f"training batch: ref_logprobs_BxT has shape {out['ref_logprobs_BxT'].shape}")
+  mask = out["loss_mask_BxT"]
+  if np.any(mask[:, 0] != 0):
+    raise ValueError("training batch: loss_mask_BxT marks position 0, which has no preceding token to predict it")
+  pad = out["positions_BxT"] < 0
+  if np.any((mask != 0) & (pad | np.roll(pad, 1, axis=1))):
+    raise ValueError("training batch: loss_mask_BxT marks a padding position or a token right after padding")
+  for name in ("old_logprobs_BxT", "ref_logprobs_BxT", "advantages_B"):
+    if name in out:
+      vals = out[name] if name == "advantages_B" else out[name][mask != 0]
+      if not np.all(np.isfinite(vals)):
+        raise ValueError(f"training batch: {name} holds non-finite values where the loss reads it")
+
+  row_tokens = (mask * sample_w[:, None]).sum(axis=1)
+  if cfg.norm_mode == "token_sum":
+    weights, counts = sample_w, row_tokens
+  elif cfg.norm_mode == "seq_mean_token_mean":
+    _, inv = np.unique(out["seq_ids_B"], return_inverse=True)
+    seq_tokens = np.bincount(inv, row_tokens)[inv]
+    inv_n = np.where(seq_tokens > 0, 1.0 / np.maximum(seq_tokens, 1e-30), 0.0)
+    weights, counts = sample_w * inv_n, row_tokens * inv_n
+  else:
+    weights, counts = sample_w, np.full(b, cfg.norm_constant / b)
+  out["loss_weights_B"] = weights.astype(np.float32)
+  out["norm_counts_B"] = counts.astype(np.float32)
+  return out
+
+
+def policy_loss(logprobs_BxT: jax.Array, entropy_BxT: jax.Array, batch: Mapping[str, jax.Array],
+                cfg: LossConfig) -> tuple[jax.Array, Metrics]:
+  """The weighted loss *sum* of this shard (divide by the global count) and its metrics."""
+  mask = batch["loss_mask_BxT"] > 0
+  maskf = mask.astype(jnp.float32)
+  adv_Bx1 = batch["advantages_B"][:, None]
+  log_ratio = jnp.where(mask, logprobs_BxT - batch["old_logprobs_BxT"], 0.0)
+  ratio = jnp.exp(log_ratio)
+  lo, hi = 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high
+  surrogate = jnp.minimum(ratio * adv_Bx1, jnp.clip(ratio, lo, hi) * adv_Bx1)
+  per_token = -surrogate
+  if cfg.beta > 0:
+    d = jnp.where(mask, batch["ref_logprobs_BxT"] - logprobs_BxT, 0.0)
+    kl = jnp.exp(d) - d - 1.0  # k3: unbiased, always >= 0
+    per_token = per_token + cfg.beta * kl
+  else:
+    kl = jnp.zeros_like(per_token)
+  w_BxT = maskf * batch["loss_weights_B"][:, None]
+  loss_sum = jnp.sum(w_BxT * per_token)
+
+  tok = jnp.sum(maskf)
+  token_sum = lambda x: jnp.sum(jnp.where(mask, x, 0.0))
+  rows = (batch["loss_weights_B"] > 0).astype(jnp.float32)
+  metrics = {
+      "sum": {"loss": loss_sum, "pg_loss": jnp.sum(w_BxT * -surrogate), "kl": token_sum(kl),
+              "entropy": token_sum(entropy_BxT), "ratio": token_sum(ratio),
+              "clip_low_frac": token_sum(((ratio < lo) & (adv_Bx1 < 0)).astype(jnp.float32)),
+              "clip_high_frac": token_sum(((ratio > hi) & (adv_Bx1 > 0)).astype(jnp.float32)),
+              "advantage": jnp.sum(rows * batch["advantages_B"]), "tokens": tok,
+              "rows": jnp.sum(rows)},
+      "count": {"loss": jnp.sum(batch["norm_counts_B"]), "pg_loss": jnp.sum(batch["norm_counts_B"]), "kl": tok,
+                "entropy": tok, "ratio": tok, "clip_low_frac": tok, "clip_high_frac": tok,
+                "advantage": jnp.sum(rows), "tokens": jnp.ones(()), "rows": jnp.ones(())},
+      "min": {"ratio": jnp.min(jnp.where(mask, ratio, jnp.inf)),
+              "advantage": jnp.min(jnp.where(rows > 0, batch["advantages_B"], jnp.inf))},
+      "max": {"ratio": jnp.max(jnp.where(mask, ratio, -jnp.inf)),
+              "advantage": jnp.max(jnp.where(rows > 0, batch["advantages_B"], -jnp.inf))},
+  }
+  return loss_sum, metrics
+
+
+def reduce_metrics(metrics: Metrics, axis_name: str) -> Metrics:
+  """Combines the metrics of all shards of a mapped axis (inside pmap / shard_map)."""
+  ops = {"sum": jax.lax.psum, "count": jax.lax.psum, "min": jax.lax.pmin, "max": jax.lax.pmax}
+  return {g: jax.tree.map(lambda x, op=ops[g]: op(x, axis_name), v) for g, v in metrics.items()}
+
+
+def combine_metrics(a: Metrics, b: Metrics) -> Metrics:
+  """Combines the metrics of two micro-batches."""
+  ops = {"sum": jnp.add, "count": jnp.add, "min": jnp.minimum, "max": jnp.maximum}
+  return {g: jax.tree.map(ops[g], a[g], b[g]) for g in a}
+
+
+def finalize_metrics(metrics: Metrics) -> dict[str, float]:
+  """Host-side floats: sum/count for means, totals for tokens and rows, the extrema and step-level values."""
+  m = jax.device_get(metrics)
+  out = {}
+  for name, s in m["sum"].items():
+    c = float(np.asarray(m["count"][name]).reshape(-1)[0])
+    s = float(np.asarray(s).reshape(-1)[0])
+    out[name] = s if name in ("tokens", "rows") else (s / c if c else float("nan"))
+  for group in ("min", "max"):
+    for name, v in m[group].items():
+      v = float(np.asarray(v).reshape(-1)[0])
+      out[f"{name}_{group}"] = v if np.isfinite(v) else float("nan")
+  for name, v in m.get("value", {}).items():  # step-level scalars (grad_norm, skipped)
+    out[name] = float(np.asarray(v).reshape(-1)[0])
+  return out

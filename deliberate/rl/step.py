@@ -1,0 +1,219 @@
+"""The GRPO update, twice: a pmapped step (params replicated) and a jitted step over a ('data', 'fsdp') Mesh.
+
+Both run the same per-shard loss: a loss *sum* divided by the global count of the whole batch (psum'd, or summed
+over the global array), so one device, N devices and M micro-batches give the same update. A non-finite loss or
+gradient leaves params and optimizer state untouched and reports `skipped` = 1.
+
+state = {"params": trainable params, "opt_state": ...}; `frozen` is the base model under LoRA, else None.
+Micro-batch m holds rows m, m+M, m+2M, ... of each shard, so every micro-batch keeps the batch sharding.
+"""
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+
+from deliberate.model.config import ModelConfig
+from deliberate.rl import logprobs, lora
+from deliberate.rl import loss as loss_lib
+
+State = dict[str, Any]
+GRAPH_FIELDS = ("tokens_BxT", "positions_BxT", "loss_mask_BxT", "old_logprobs_BxT", "advantages_B",
+                "loss_weights_B", "norm_counts_B", "ref_logprobs_BxT")
+BATCH_AXES = ("data", "fsdp")
+
+
+@dataclasses.dataclass(frozen=True)
+class StepConfig:
+  model: ModelConfig
+  loss: loss_lib.LossConfig = loss_lib.LossConfig()
+  lora: lora.LoraConfig | None = None  # None: full fine-tuning
+  num_micro_batches: int = 1
+  remat: bool = False                  # rematerialise decoder layers in the backward pass
+  token_chunk: int | None = None       # output-layer chunk (packed positions per row); None: all at once
+  recompute: bool = True               # recompute output-layer logits in the backward pass
+  targets_multiple: int = 16           # rounding of the static targets-per-row bound
+
+
+def init_state(params: dict[str, Any], optimizer: optax.GradientTransformation, cfg: StepConfig,
+               key: jax.Array) -> tuple[State, dict[str, Any] | None]:
+  """(state, frozen): LoRA adapters over a frozen base, or all params trainable."""
+  if cfg.lora is None:
+    trainable, frozen = params, None
+  else:
+    trainable, frozen = lora.init_lora(params, cfg.lora, key), params
+  return {"params": trainable, "opt_state": optimizer.init(trainable)}, frozen
+
+
+def _loss(trainable, frozen, batch, denom, cfg: StepConfig, k: int):
+  params = trainable if cfg.lora is None else lora.merge(frozen, trainable, cfg.lora.alpha, cfg.lora.rank)
+  lp, ent = logprobs.token_logprobs(
+      params, batch["tokens_BxT"], batch["positions_BxT"], batch["loss_mask_BxT"], config=cfg.model,
+      targets_per_row=k, token_chunk=cfg.token_chunk, recompute=cfg.recompute, remat=cfg.remat)
+  loss_sum, metrics = loss_lib.policy_loss(lp, ent, batch, cfg.loss)
+  return loss_sum / denom, metrics
+
+
+def _grads(trainable, frozen, batch, denom, cfg: StepConfig, k: int, constrain: Callable = lambda x: x):
+  """Loss, gradients and metrics of this shard, accumulated over micro-batches."""
+  grad_fn = jax.value_and_grad(_loss, has_aux=True)
+  m = cfg.num_micro_batches
+  if m == 1:
+    (value, metrics), grads = grad_fn(trainable, frozen, batch, denom, cfg, k)
+    return value, grads, metrics
+  micro = jax.tree.map(lambda x: constrain(jnp.swapaxes(x.reshape(x.shape[0] // m, m, *x.shape[1:]), 0, 1)), batch)
+  first = jax.tree.map(lambda x: x[0], micro)
+  (_, shapes), _ = jax.eval_shape(lambda *a: grad_fn(*a, cfg, k), trainable, frozen, first, denom)
+  fill = {"sum": 0.0, "count": 0.0, "min": jnp.inf, "max": -jnp.inf}
+  metrics0 = {g: jax.tree.map(lambda s, v=fill[g]: jnp.full(s.shape, v, s.dtype), t) for g, t in shapes.items()}
+  grads0 = jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+
+  def body(carry, mb):
+    value, grads, metrics = carry
+    (v, met), g = grad_fn(trainable, frozen, mb, denom, cfg, k)
+    grads = jax.tree.map(lambda a, b: a + b.astype(jnp.float32), grads, g)
+    return (value + v, grads, loss_lib.combine_metrics(metrics, met)), None
+
+  (value, grads, metrics), _ = jax.lax.scan(body, (jnp.zeros(()), grads0, metrics0), micro)
+  grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, trainable)
+  return value, grads, metrics
+
+
+def _update(state: State, grads, value, optimizer: optax.GradientTransformation):
+  finite = jnp.isfinite(value) & jnp.all(jnp.array([jnp.all(jnp.isfinite(g)) for g in jax.tree.leaves(grads)]))
+  updates, opt_state = optimizer.update(grads, state["opt_state"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  keep = lambda new, old: jnp.where(finite, new, old)
+  new_state = {"params": jax.tree.map(keep, params, state["params"]),
+               "opt_state": jax.tree.map(keep, opt_state, state["opt_state"])}
+  return new_state, {"skipped": 1.0 - finite.astype(jnp.float32), "grad_norm": optax.tree.norm(grads)}
+
+
+def _graph_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  return {k: batch[k] for k in GRAPH_FIELDS if k in batch}
+
+
+def _check_rows(rows: int, shards: int, cfg: StepConfig) -> None:
+  if rows % (shards * cfg.num_micro_batches):
+    raise ValueError(f"training batch: {rows} rows do not split into {shards} shards x "
+                     f"{cfg.num_micro_batches} micro-batches")
+
+
+# ----------------------------------------------------------------------------------------------- pmap (replicated)
+
+def replicate(tree: Any, n: int | None = None) -> Any:
+  """One copy per local device (the first n), placed once, so that pmap does not re-send it on every call."""
+  devices = jax.local_devices()[:n or jax.local_device_count()]
+  sharding = NamedSharding(Mesh(np.array(devices), ("data",)), P("data"))
+  stack = lambda x: np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x)))
+  return jax.tree.map(lambda x: jax.device_put(stack(x), sharding), tree)
+
+
+def unreplicate(tree: Any) -> Any:
+  return jax.tree.map(lambda x: x[0], tree)
+
+
+def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, devices: list | None = None
+                   ) -> Callable[[State, Any, Mapping[str, np.ndarray]], tuple[State, loss_lib.Metrics]]:
+  """step(replicated state, replicated frozen, host batch from `prepare_batch`) -> (state, metrics)."""
+  devices = devices or jax.local_devices()
+  n = len(devices)
+
+  def device_step(state, frozen, batch, k):
+    denom = jax.lax.psum(jnp.sum(batch["norm_counts_B"]), "data")
+    value, grads, metrics = _grads(state["params"], frozen, batch, denom, cfg, k)
+    grads = jax.lax.psum(grads, "data")
+    value = jax.lax.psum(value, "data")
+    state, extra = _update(state, grads, value, optimizer)
+    return state, {**loss_lib.reduce_metrics(metrics, "data"), "value": extra}
+
+  pstep = jax.pmap(device_step, axis_name="data", static_broadcasted_argnums=(3,), donate_argnums=(0,),
+                   devices=devices)
+
+  def step(state, frozen, batch):
+    rows = batch["tokens_BxT"].shape[0]
+    _check_rows(rows, n, cfg)
+    k = logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple)
+    local = jax.tree.map(lambda x: np.asarray(x).reshape(n, rows // n, *x.shape[1:]), _graph_batch(batch))
+    return pstep(state, frozen, local, k)
+
+  return step
+
+
+# ------------------------------------------------------------------------------------------------ jit over a Mesh
+
+def make_mesh(data: int, fsdp: int, devices: list | None = None) -> Mesh:
+  """A (data, fsdp) mesh with Auto axes, so jit may propagate shardings through unannotated code."""
+  devices = devices or jax.devices()[:data * fsdp]
+  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def fsdp_spec(path: str, shape: tuple[int, ...], fsdp: int, min_size: int = 4096) -> P:
+  """Shards the largest fsdp-divisible dim; never the stacked layer axis, which lax.scan slices."""
+  if fsdp == 1 or math.prod(shape) < min_size:
+    return P()
+  first = 1 if (len(shape) >= 3 or "layers" in path) else 0
+  dims = [i for i in range(first, len(shape)) if shape[i] % fsdp == 0]
+  if not dims:
+    return P()
+  spec = [None] * len(shape)
+  spec[max(dims, key=lambda i: shape[i])] = "fsdp"
+  return P(*spec)
+
+
+def fsdp_shardings(tree: Any, mesh: Mesh, min_size: int = 4096) -> Any:
+  """NamedShardings for params, optimizer state or their eval_shape."""
+  fsdp = mesh.shape["fsdp"]
+  return jax.tree_util.tree_map_with_path(
+      lambda path, x: NamedSharding(mesh, fsdp_spec(jax.tree_util.keystr(path), np.shape(x), fsdp, min_size)), tree)
+
+
+def init_sharded_state(trainable: Any, optimizer: optax.GradientTransformation, mesh: Mesh,
+                       min_size: int = 4096) -> State:
+  """Places trainable params along fsdp and builds the optimizer state already sharded."""
+  # A copy, because steps donate the state and the caller may still hold `trainable`.
+  params = jax.jit(lambda t: jax.tree.map(jnp.copy, t), out_shardings=fsdp_shardings(trainable, mesh, min_size))(
+      trainable)
+  opt_shardings = fsdp_shardings(jax.eval_shape(optimizer.init, params), mesh, min_size)
+  return {"params": params, "opt_state": jax.jit(optimizer.init, out_shardings=opt_shardings)(params)}
+
+
+def make_sharded_step(optimizer: optax.GradientTransformation, cfg: StepConfig, mesh: Mesh
+                      ) -> Callable[[State, Any, Mapping[str, np.ndarray]], tuple[State, loss_lib.Metrics]]:
+  """step(sharded state, sharded frozen, host batch from `prepare_batch`) -> (state, metrics).
+
+  Rows are split over data x fsdp (every device computes on its own rows, FSDP-style), params and optimizer state
+  keep the shardings they came in with (see `init_sharded_state`), and XLA inserts the gathers and reductions.
+  """
+  rows_sharding = NamedSharding(mesh, P(BATCH_AXES))
+  micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
+  constrain = lambda x: jax.lax.with_sharding_constraint(x, micro_sharding)
+
+  def step_fn(state, frozen, batch, k, param_shardings):
+    denom = jnp.sum(batch["norm_counts_B"])
+    value, grads, metrics = _grads(state["params"], frozen, batch, denom, cfg, k, constrain)
+    grads = jax.lax.with_sharding_constraint(grads, param_shardings)
+    state, extra = _update(state, grads, value, optimizer)
+    return state, {**metrics, "value": extra}
+
+  cache = {}
+
+  def step(state, frozen, batch):
+    rows = batch["tokens_BxT"].shape[0]
+    _check_rows(rows, mesh.size, cfg)
+    k = logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple)
+    if "fn" not in cache:
+      shardings = jax.tree.map(lambda x: x.sharding, state)
+      fn = functools.partial(step_fn, param_shardings=shardings["params"])
+      cache["fn"] = jax.jit(fn, static_argnums=(3,), donate_argnums=(0,),
+                            out_shardings=(shardings, NamedSharding(mesh, P())))
+    return cache["fn"](state, frozen, jax.device_put(_graph_batch(batch), rows_sharding), k)
+
+  return step
