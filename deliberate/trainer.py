@@ -148,7 +148,7 @@ class Trainer:
           raise ValueError(f"config: {label} for {what} can reach {size} tokens, beyond the model's context of "
                            f"{ctx} (config.model / config.negotiation.max_turn_tokens)")
     else:
-      longest = max(len(self.data.prompt_at(i)["question"]) for i in range(self.data.num_items))
+      longest = max(len(self.data.prompt_at(i)["question"]["question"]) for i in range(self.data.num_items))
       if longest // 2 + 64 + c.single_agent.max_tokens > ctx:
         raise ValueError(f"config.single_agent.max_tokens: prompts plus {c.single_agent.max_tokens} new tokens "
                          f"exceed the model's context of {ctx}")
@@ -162,7 +162,9 @@ class Trainer:
                                       beta=c.rl.beta, norm_mode=c.rl.norm_mode, norm_constant=c.rl.norm_constant)
     self.step_config = step_lib.StepConfig(model=self.model_config, loss=loss_config, lora=self.lora_config,
                                            num_micro_batches=c.rl.micro_batches, remat=c.rl.remat,
-                                           token_chunk=c.rl.token_chunk or None)
+                                           token_chunk=c.rl.token_chunk or None, temperature=(
+                                               c.negotiation.turn_temperature if c.mode == "negotiation"
+                                               else c.single_agent.temperature))
     self.optimizer, self.schedule = optim.make_optimizer(c.optim)
     state, self.frozen = step_lib.init_state(self.params, self.optimizer, self.step_config, jax.random.key(c.seed))
     if c.rl.step == "pmap":
@@ -178,7 +180,7 @@ class Trainer:
       self.train_step = step_lib.make_sharded_step(self.optimizer, self.step_config, mesh)
     self._ref_logprobs = jax.jit(lambda p, b, k: lp_lib.token_logprobs(
         p, b["tokens_BxT"], b["positions_BxT"], b["loss_mask_BxT"], config=self.model_config,
-        targets_per_row=k)[0], static_argnums=2) if c.rl.beta > 0 else None
+        targets_per_row=k, temperature=self.step_config.temperature)[0], static_argnums=2) if c.rl.beta > 0 else None
     self._ref_params = self.params if (c.rl.beta > 0 and self.lora_config is None) else self.frozen
 
   def _host_state(self) -> dict[str, Any]:
@@ -221,6 +223,7 @@ class Trainer:
 
   def _single_agent_rollout(self, items, seed: int):
     c, g = self.config.single_agent, self.config.single_agent.group_size
+    items = [it["question"] for it in items]  # {"id", "domain", "question"}
     sp = SamplingParams(temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_tokens)
     prompt_ids = [tok_lib.render_ids(self.tokenizer, [{"role": "system", "content": SINGLE_AGENT_SYSTEM},
                                                       {"role": "user", "content": it["question"]}]) for it in items]

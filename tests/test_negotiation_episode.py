@@ -88,3 +88,21 @@ def test_overlap_gives_the_same_dialogues(tiny_policy, tiny_tokenizer, judge):
     neg = episode.Negotiator(SamplingEngine(params, config), tiny_tokenizer, judge, cfg)
     runs.append([[t.response_ids for t in d.turns] for d in neg.run(items, seed=3)])
   assert runs[0] == runs[1]
+
+
+def test_rows_align_with_sampling_logprobs(tiny_policy, tiny_tokenizer, judge):
+  """Recomputing the log-probs of every training row from its ids gives back the sampler's: ratio 1 on-policy."""
+  import numpy as np
+
+  from deliberate.rl import logprobs
+  params, config = tiny_policy
+  cfg = episode.default_config()
+  cfg.group_size, cfg.max_turns, cfg.max_turn_tokens, cfg.max_completion_tokens = 2, 3, 6, 4
+  neg = episode.Negotiator(SamplingEngine(params, config), tiny_tokenizer, judge, cfg)
+  dialogues = neg.run([{"dilemma": _dilemma("agree@3"), "pair": PAIR}], seed=5)
+  batch = rows.collate(rows.dialogue_rows(dialogues), [1.0, -1.0])
+  lp, _ = logprobs.token_logprobs(params, batch["tokens_BxT"], batch["positions_BxT"], batch["loss_mask_BxT"],
+                                  config=config, temperature=cfg.turn_temperature)
+  mask = batch["loss_mask_BxT"] > 0
+  assert mask.sum() == sum(len(t.response_ids) for d in dialogues for t in d.turns) == 2 * 3 * 6
+  np.testing.assert_allclose(np.asarray(lp)[mask], batch["old_logprobs_BxT"][mask], atol=2e-5)

@@ -92,7 +92,8 @@ head_logprobs.defvjp(_head_fwd, _head_bwd)
 
 def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                    loss_mask_BxT: jax.Array, *, config: ModelConfig, targets_per_row: int | None = None,
-                   token_chunk: int | None = None, recompute: bool = True, remat: bool = False
+                   token_chunk: int | None = None, recompute: bool = True, remat: bool = False,
+                   temperature: float = 1.0
                    ) -> tuple[jax.Array, jax.Array]:
   """Log-probs and entropies [B, T] (float32, 0 off the mask) of the masked target tokens.
 
@@ -103,6 +104,7 @@ def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_
       None does all K at once.
     recompute: recompute each chunk's logits in the backward pass instead of keeping the [B, K, V] log-softmax.
     remat: rematerialise each decoder layer in the backward pass (memory for compute).
+    temperature: the sampling temperature, so that on-policy importance ratios are exactly 1.
   """
   hidden_BxTxD, _ = transformer.forward_hidden(params, tokens_BxT, positions_BxT, config=config, remat=remat)
   b, t = tokens_BxT.shape
@@ -114,6 +116,8 @@ def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_
   valid_BxK = jnp.arange(k_pad)[None, :] < jnp.minimum(wanted_BxT.sum(-1, keepdims=True), k)
   idx_BxK = jnp.where(valid_BxK, idx_BxK, 1)
   h_BxKxD = jnp.take_along_axis(hidden_BxTxD, (idx_BxK - 1)[..., None], axis=1)
+  if temperature != 1.0:  # log softmax(logits / T): the tempered policy the sampler drew from
+    h_BxKxD = h_BxKxD / jnp.asarray(temperature, h_BxKxD.dtype)
   targets_BxK = jnp.take_along_axis(tokens_BxT, idx_BxK, axis=1)
   lp_BxK, ent_BxK = head_logprobs(h_BxKxD, transformer.unembed_matrix(params, config), targets_BxK, chunk,
                                   recompute)

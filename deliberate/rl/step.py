@@ -39,6 +39,7 @@ class StepConfig:
   remat: bool = False                  # rematerialise decoder layers in the backward pass
   token_chunk: int | None = None       # output-layer chunk (packed positions per row); None: all at once
   recompute: bool = True               # recompute output-layer logits in the backward pass
+  temperature: float = 1.0             # sampling temperature of the trained tokens (log-probs of logits / T)
   targets_multiple: int = 16           # rounding of the static targets-per-row bound
 
 
@@ -56,7 +57,8 @@ def _loss(trainable, frozen, batch, denom, cfg: StepConfig, k: int):
   params = trainable if cfg.lora is None else lora.merge(frozen, trainable, cfg.lora.alpha, cfg.lora.rank)
   lp, ent = logprobs.token_logprobs(
       params, batch["tokens_BxT"], batch["positions_BxT"], batch["loss_mask_BxT"], config=cfg.model,
-      targets_per_row=k, token_chunk=cfg.token_chunk, recompute=cfg.recompute, remat=cfg.remat)
+      targets_per_row=k, token_chunk=cfg.token_chunk, recompute=cfg.recompute, remat=cfg.remat,
+      temperature=cfg.temperature)
   loss_sum, metrics = loss_lib.policy_loss(lp, ent, batch, cfg.loss)
   return loss_sum / denom, metrics
 
