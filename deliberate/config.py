@@ -55,6 +55,8 @@ def base_config() -> ml_collections.ConfigDict:
 
   c.optim = optim_config()            # AdamW, lr 5e-6, constant after warmup, global-norm clip 1.0
 
+  c.eval_every = 0                    # steps between evaluation-set negotiations (Figure 2); 0 = never
+  c.eval_tasks = 16                   # the first K of the 100 fixed conflict-resolution eval tasks
   c.checkpoint_every = 50             # orbax, asynchronous
   c.keep_checkpoints = 3
   c.records_max_mb = 64.0             # rotate dialogue JSONL files past this size

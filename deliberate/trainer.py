@@ -18,6 +18,7 @@ import numpy as np
 
 from deliberate import checkpointing, metrics_writer
 from deliberate.data import loader
+from deliberate.eval import conflict as conflict_eval
 from deliberate.judge import judges
 from deliberate.judge.runner import SyncJudge
 from deliberate.model import registry, transformer
@@ -127,6 +128,10 @@ class Trainer:
                                         max_bytes=int(c.records_max_mb * (1 << 20)))
     self.writer = metrics_writer.MetricsWriter(self.workdir, c.num_steps, c.tensorboard, c.wandb_project)
     self.step = 0
+    self.eval_items = conflict_eval.eval_items(loader.eval_conflict_tasks(data_dir)[:c.eval_tasks]) \
+        if c.mode == "negotiation" and c.eval_every else []
+    with open(os.path.join(self.workdir, "config.json"), "w") as f:  # what evaluate.py needs to rebuild the policy
+      f.write(c.to_json_best_effort(indent=2))
     self._maybe_restore()
 
   # ------------------------------------------------------------------------------------------------------ setup
@@ -297,11 +302,19 @@ class Trainer:
       for d in dialogues:
         self.records.write({"step": self.step, **d})
     self.last_dialogues = dialogues
+    if self.eval_items and self.step % c.eval_every == 0:
+      metrics.update(self.evaluate())
     self.writer.write(self.step, metrics)
     self.checkpointer.save(self.step, self._host_state(), {"data": self.data.state(), "seed": c.seed,
                                                            "step": self.step},
                            force=self.step == c.num_steps)
     return metrics
+
+  def evaluate(self) -> dict[str, float]:
+    """Figure 2's evaluation-set dynamics: the fixed eval tasks, a completion always written."""
+    dialogues = self.negotiator.run(self.eval_items, seed=self.config.seed + 1, evaluation=True)
+    m = neg_metrics.step_metrics(dialogues, self.config.negotiation.group_size)
+    return {f"eval/{k}": v for k, v in m.items()}
 
   def run(self) -> None:
     try:

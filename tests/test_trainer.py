@@ -120,6 +120,18 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, judge_url):
     assert any(json.loads(line)["grad_norm"] > 0 for line in f)
 
 
+def test_eval_set_dynamics_are_logged(tmp_path, judge_url):
+  c = _config(**{"judge.embedded": False, "judge.base_url": judge_url, "num_steps": 1, "eval_every": 1,
+                 "eval_tasks": 2, "tensorboard": False})
+  t = trainer.Trainer(c, str(tmp_path))
+  m = t.train_one_step()
+  t.close()
+  assert m["eval/negotiation/dialogues"] == 2 * c.negotiation.group_size
+  assert m["eval/negotiation/agreement_rate"] == 1.0  # the hashing judge agrees at once
+  assert {"eval/reward/group_min", "eval/reward/group_mean", "eval/reward/group_max"} <= set(m)
+  assert json.load(open(tmp_path / "config.json"))["negotiation"]["group_size"] == c.negotiation.group_size
+
+
 def test_single_agent_baseline_with_kl_and_lora(tmp_path, judge_url):
   """The baseline: G candidates per open question, CA scores over HTTP, beta > 0 (a reference is loaded)."""
   c = _config(**{"mode": "single_agent", "single_agent.group_size": 2, "single_agent.max_tokens": 8,
