@@ -155,3 +155,15 @@ def test_self_rewarding_judge_runs_in_process(tmp_path):
   m = t.train_one_step()
   t.close()
   assert m["judge/ca_failures"] == 2 and m["judge/failures"] == 2 and m.get("skipped_no_rows") == 1.0
+
+
+def test_sharded_step_trains_over_a_data_fsdp_mesh(tmp_path, judge_url):
+  c = _config(**{"rl.step": "sharded", "rl.mesh_fsdp": 2, "judge.embedded": False, "judge.base_url": judge_url,
+                 "num_steps": 1, "tensorboard": False})
+  t = trainer.Trainer(c, str(tmp_path))
+  assert t.num_shards == 8
+  m = t.train_one_step()
+  t.close()
+  assert m["skipped"] == 0 and np.isfinite(m["loss"]) and m["train/rows"] % 8 == 0
+  sharded = [x for x in jax.tree.leaves(t.state["params"]) if "fsdp" in str(x.sharding.spec)]
+  assert sharded  # params really are split along fsdp
