@@ -2,7 +2,7 @@
 import os
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # run from a checkout, too
@@ -15,6 +15,10 @@ FLAGS = flags.FLAGS
 
 def main(argv):
   del argv
+  if not FLAGS["verbosity"].present:  # orbax and tfds log every file at INFO; --verbosity=0 brings them back
+    logging.set_verbosity(logging.WARNING)
+    import tensorflow_datasets as tfds
+    tfds.disable_progress_bar()
   from deliberate import trainer  # after flag parsing: JAX reads XLA_FLAGS at import
   from deliberate.show import format_record
   from deliberate.negotiation.records import dialogue_record
@@ -22,7 +26,7 @@ def main(argv):
   t.run()
   dialogues = getattr(t, "last_dialogues", [])
   if dialogues and FLAGS.config.mode == "negotiation":
-    best = max(dialogues, key=lambda d: (d.agreed, d.reward, -d.rounds))
+    best = max(dialogues, key=lambda d: (d.rounds > 1, d.agreed, d.reward, d.rounds))  # a real exchange
     print("\nA sample dialogue from the last step:\n" + format_record(dialogue_record(best, t.step)))
   print(f"\nmetrics:     {t.writer.path}\ncheckpoints: {t.checkpointer.directory}\n"
         f"records:     {t.records.directory} (read with: python -m deliberate.show {t.records.directory})")
