@@ -1,0 +1,1 @@
+"""Self-play negotiation episodes: prompts, turns, agreement judging, completions, rewards, rows, records."""

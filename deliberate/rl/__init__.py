@@ -1,0 +1,1 @@
+"""GRPO: advantages, the masked clipped loss as (sum, count) pairs, LoRA, optimizers, pmapped and sharded steps."""
