@@ -47,8 +47,9 @@ def validate_config(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.data.prompts_per_step: must be >= 1, got {c.data.prompts_per_step}")
   if c.rl.step not in ("pmap", "sharded"):
     raise ValueError(f"config.rl.step: {c.rl.step!r} is not 'pmap' or 'sharded'")
-  if c.negotiation.failed_policy not in ("exclude", "zero"):
-    raise ValueError(f"config.negotiation.failed_policy: {c.negotiation.failed_policy!r} is not 'exclude' or 'zero'")
+  for section in ("negotiation", "single_agent"):
+    if c[section].failed_policy not in ("exclude", "zero"):
+      raise ValueError(f"config.{section}.failed_policy: {c[section].failed_policy!r} is not 'exclude' or 'zero'")
   if c.num_steps < 1:
     raise ValueError(f"config.num_steps: must be >= 1, got {c.num_steps}")
 
@@ -141,10 +142,11 @@ class Trainer:
     c, ctx = self.config, self.model_config.max_seq_len
     if c.mode == "negotiation":
       n = c.negotiation
-      item = max((self.data.prompt_at(i) for i in range(min(self.data.num_items, 512))),
-                 key=lambda it: len(it["dilemma"]["text"]) + len(str(it["pair"])))
-      opening = len(tok_lib.render_ids(self.tokenizer, prompts.turn_messages(
-          item["dilemma"], item["pair"]["a"], item["pair"]["b"], [])))
+      candidates = sorted((self.data.prompt_at(i) for i in range(min(self.data.num_items, 512))),
+                          key=lambda it: len(it["dilemma"]["text"]) + len(str(it["pair"])))[-16:]
+      opening_ids = lambda it: tok_lib.render_ids(self.tokenizer, prompts.turn_messages(
+          it["dilemma"], it["pair"]["a"], it["pair"]["b"], []))
+      opening, item = max(((len(opening_ids(it)), it) for it in candidates), key=lambda x: x[0])
       need = opening + (n.context_turns + 1) * (n.max_turn_tokens + 16)
       final = opening + n.max_turns * (n.max_turn_tokens + 16) + n.max_completion_tokens
       what = f"dilemma {item['dilemma']['id']} with pair {item['pair']['pair_id']}"
@@ -153,10 +155,15 @@ class Trainer:
           raise ValueError(f"config: {label} for {what} can reach {size} tokens, beyond the model's context of "
                            f"{ctx} (config.model / config.negotiation.max_turn_tokens)")
     else:
-      longest = max(len(self.data.prompt_at(i)["question"]["question"]) for i in range(self.data.num_items))
-      if longest // 2 + 64 + c.single_agent.max_tokens > ctx:
-        raise ValueError(f"config.single_agent.max_tokens: prompts plus {c.single_agent.max_tokens} new tokens "
-                         f"exceed the model's context of {ctx}")
+      longest = max(len(self._question_prompt(self.data.prompt_at(i)["question"]["question"]))
+                    for i in range(self.data.num_items))
+      if longest + c.single_agent.max_tokens > ctx:
+        raise ValueError(f"config.single_agent.max_tokens: a {longest}-token prompt plus {c.single_agent.max_tokens} "
+                         f"new tokens exceeds the model's context of {ctx}")
+
+  def _question_prompt(self, question: str) -> list[int]:
+    return tok_lib.render_ids(self.tokenizer, [{"role": "system", "content": SINGLE_AGENT_SYSTEM},
+                                               {"role": "user", "content": question}])
 
   def _init_optimizer(self) -> None:
     c = self.config
@@ -194,8 +201,8 @@ class Trainer:
   def _policy_params(self):
     """The params both agents sample with: the trainable params, or LoRA merged into the frozen base."""
     trainable = self._host_state()["params"]
-    if self.lora_config is None:
-      return trainable
+    if self.lora_config is None:  # a copy: the sharded step donates (frees) the state's buffers
+      return jax.tree.map(jnp.copy, trainable) if self.config.rl.step == "sharded" else trainable
     return lora_lib.merge(self.frozen, trainable, self.lora_config.alpha, self.lora_config.rank)
 
   def _maybe_restore(self) -> None:
@@ -230,8 +237,7 @@ class Trainer:
     c, g = self.config.single_agent, self.config.single_agent.group_size
     items = [it["question"] for it in items]  # {"id", "domain", "question"}
     sp = SamplingParams(temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_tokens)
-    prompt_ids = [tok_lib.render_ids(self.tokenizer, [{"role": "system", "content": SINGLE_AGENT_SYSTEM},
-                                                      {"role": "user", "content": it["question"]}]) for it in items]
+    prompt_ids = [self._question_prompt(it["question"]) for it in items]
     reqs = [Request(prompt_ids[i], i * g + j) for i in range(len(items)) for j in range(g)]
     outs = self.engine.generate(reqs, sp, seed)
     texts = [self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip() for o in outs]

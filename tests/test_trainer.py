@@ -33,6 +33,7 @@ def _config(**overrides):
     ({"negotiation.group_size": 1}, r"config.negotiation.group_size"),
     ({"mode": "debate"}, r"config.mode"),
     ({"rl.step": "fsdp"}, r"config.rl.step"),
+    ({"single_agent.failed_policy": "zer0"}, r"config.single_agent.failed_policy"),
 ])
 def test_bad_config_fails_before_compute(overrides, match, tmp_path):
   with pytest.raises(ValueError, match=match):
@@ -167,3 +168,14 @@ def test_sharded_step_trains_over_a_data_fsdp_mesh(tmp_path, judge_url):
   assert m["skipped"] == 0 and np.isfinite(m["loss"]) and m["train/rows"] % 8 == 0
   sharded = [x for x in jax.tree.leaves(t.state["params"]) if "fsdp" in str(x.sharding.spec)]
   assert sharded  # params really are split along fsdp
+
+
+def test_sharded_full_finetune_with_eval_keeps_sampling_params_alive(tmp_path, judge_url):
+  """The sharded step donates its state; the engine must sample from its own copy (evaluation runs after it)."""
+  c = _config(**{"rl.step": "sharded", "rl.lora_rank": 0, "eval_every": 1, "eval_tasks": 1,
+                 "judge.embedded": False, "judge.base_url": judge_url, "num_steps": 2, "tensorboard": False})
+  t = trainer.Trainer(c, str(tmp_path))
+  t.train_one_step()
+  m = t.train_one_step()
+  t.close()
+  assert m["eval/negotiation/dialogues"] == c.negotiation.group_size

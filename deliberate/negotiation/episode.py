@@ -18,7 +18,6 @@ from deliberate.negotiation import prompts
 from deliberate.sampling.engine import Request, SamplingEngine
 from deliberate.sampling.sampler import SamplingParams
 
-_TURN_SLOTS = 16  # row ids: dialogue * 16 + turn; slot 15 is the completion
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -107,6 +106,7 @@ class Negotiator:
     self.completion_sp = SamplingParams(temperature=c.completion_temperature, top_p=c.completion_top_p,
                                         max_new_tokens=c.max_completion_tokens)
     self.stop = tok_lib.stop_ids(tokenizer)
+    self.slots = c.max_turns + 1  # row ids: dialogue * slots + turn; the last slot is the completion's
     self.timings = {"sample_s": 0.0, "judge_wait_s": 0.0}  # cumulative: sampling vs waiting on the judge
 
   def _render(self, messages) -> list[int]:
@@ -118,7 +118,7 @@ class Negotiator:
     recent = d.turns[-self.config.context_turns:] if t else []
     messages = prompts.turn_messages(d.dilemma, d.persona(agent), d.persona(3 - agent),
                                      [(d.persona(x.agent), x.response_ids) for x in recent])
-    return Request(self._render(messages), d.index * _TURN_SLOTS + t)
+    return Request(self._render(messages), d.index * self.slots + t)
 
   def _sample_turns(self, dialogues: Sequence[Dialogue], seed: int) -> list[Turn]:
     t0 = time.time()
@@ -183,7 +183,7 @@ class Negotiator:
       msgs = prompts.completion_messages(d.dilemma, d.agent1, d.agent2,
                                          [(d.persona(t.agent), t.response_ids) for t in d.turns])
       d.completion_prompt_ids = self._render(msgs)
-      requests.append(Request(d.completion_prompt_ids, d.index * _TURN_SLOTS + _TURN_SLOTS - 1))
+      requests.append(Request(d.completion_prompt_ids, d.index * self.slots + self.slots - 1))
     t0 = time.time()
     outs = self.engine.generate(requests, self.completion_sp, seed)
     self.timings["sample_s"] += time.time() - t0
