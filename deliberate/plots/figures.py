@@ -20,6 +20,14 @@ AGREEMENT_KEY = "negotiation/agreement_rate"
 ROUNDS_KEY = "negotiation/mean_rounds_to_agreement"
 
 
+def _lines(path: str):
+  """(line number, line) for every non-blank line: both loaders name the line at fault."""
+  with open(path, encoding="utf-8") as f:
+    for n, line in enumerate(f, 1):
+      if line.strip():
+        yield n, line
+
+
 def load_metrics(path: str) -> dict[str, np.ndarray]:
   """{'step': steps, key: values} from metrics.jsonl (or a workdir holding it); absent or null values are NaN.
 
@@ -28,15 +36,12 @@ def load_metrics(path: str) -> dict[str, np.ndarray]:
   if os.path.isdir(path):
     path = os.path.join(path, "metrics.jsonl")
   rows: dict[int, dict[str, Any]] = {}
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-        rows[int(row["step"])] = row
-      except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{n}: not a metrics line with a 'step' ({type(e).__name__}: {e})") from None
+  for n, line in _lines(path):
+    try:
+      row = json.loads(line)
+      rows[int(row["step"])] = row
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}:{n}: not a metrics line with a 'step' ({type(e).__name__}: {e})") from None
   if not rows:
     raise ValueError(f"{path}: no metrics lines")
   steps = sorted(rows)
@@ -119,18 +124,15 @@ def single_agent_dynamics(metrics: Mapping[str, np.ndarray], *, window: int = 50
 def load_cross_judge(path: str) -> tuple[np.ndarray, np.ndarray]:
   """(training-judge score, strong-judge score) for every successful pass in cross_judge.jsonl."""
   train, strong = [], []
-  with open(path, encoding="utf-8") as f:
-    for n, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      try:
-        row = json.loads(line)
-        for s in row["strong_scores"]:
-          if s is not None:
-            train.append(int(row["train_score"]))
-            strong.append(int(s))
-      except (ValueError, KeyError, TypeError) as e:
-        raise ValueError(f"{path}:{n}: not a cross-judge row ({type(e).__name__}: {e})") from None
+  for n, line in _lines(path):
+    try:
+      row = json.loads(line)
+      for s in row["strong_scores"]:
+        if s is not None:
+          train.append(int(row["train_score"]))
+          strong.append(int(s))
+    except (ValueError, KeyError, TypeError) as e:
+      raise ValueError(f"{path}:{n}: not a cross-judge row ({type(e).__name__}: {e})") from None
   return np.asarray(train, np.int64), np.asarray(strong, np.int64)
 
 
