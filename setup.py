@@ -35,7 +35,8 @@ setup(
     ],
     extras_require={
         # Parity tests run HF's PyTorch models on CPU; 2.13.0 is a CPU wheel (an unpinned torch pulls CUDA).
-        "test": ["pytest>=8", "torch==2.13.0"],
+        "test": ["pytest>=8", "torch==2.13.0", "openai>=1.40", "nbclient>=0.10", "nbformat>=5.10",
+                 "ipykernel>=6.29"],
         "wandb": ["wandb"],
     },
 )

@@ -12,9 +12,9 @@
 Each policy is loaded, evaluated and released in turn; `--config.run=negotiation` generates one policy's outputs
 only, and a later call with `--config.run=` and the same --workdir compares stored outputs. The training judge
 (config.judge) gives agreement verdicts and CA scores; the strong judge (config.strong_judge) the pairwise verdicts
-and the cross-judge re-scorings. A LoRA run's policy needs its run's lora_alpha (`policies.X.lora_alpha`).
+and the cross-judge re-scorings. A trained run's policy reads its base model and LoRA alpha from the run's config.json.
 """
-from deliberate.eval.policy import policy_config
+from deliberate.policy import policy_config
 from deliberate.eval.suite import default_config
 
 

@@ -21,15 +21,14 @@ from typing import Any, Mapping, Sequence
 import jax
 import ml_collections
 
-from deliberate import trainer
 from deliberate.data import loader
-from deliberate.eval import answers, conflict, cross_judge, pairwise, policy as policy_lib
+from deliberate import policy as policy_lib
+from deliberate.eval import answers, conflict, cross_judge, pairwise
 from deliberate.judge.config import default_judge_config
 from deliberate.judge.runner import SyncJudge
 from deliberate.model import tokenizer as tok_lib
 from deliberate.negotiation.episode import default_config as negotiation_config
 from deliberate.negotiation.records import read_records
-from deliberate.sampling.engine import SamplingEngine
 from deliberate.sampling.sampler import SamplingParams
 
 
@@ -138,12 +137,10 @@ def generate_outputs(c: ml_collections.ConfigDict, label: str, tasks, questions,
   when this returns, so policies are evaluated one at a time."""
   spec = c.policies[label]
   pol = policy_lib.load_policy(spec, os.path.join(workdir, label, "scratch"))
-  mesh = (jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
-          if c.sampling_sharded and jax.device_count() > 1 else None)
-  engine = SamplingEngine(pol.params, pol.config, stop_ids=tok_lib.stop_ids(pol.tokenizer), mesh=mesh)
+  engine = policy_lib.build_engine(pol.params, pol.config, pol.tokenizer, sharded=c.sampling_sharded)
   self_judging = c.judge.embedded and c.judge.embedded_backend == "model"
   out: dict[str, Any] = {"info": pol.info}
-  with SyncJudge(c.judge, generate_fn=trainer.engine_chat_fn(engine, pol.tokenizer) if self_judging else None) as j:
+  with SyncJudge(c.judge, generate_fn=policy_lib.chat_fn(engine, pol.tokenizer) if self_judging else None) as j:
     out["judge_model"] = j.client.model
     if tasks:
       neg = conflict.make_negotiator(engine, pol.tokenizer, j, c.negotiation, c.decoding)

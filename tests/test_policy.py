@@ -6,7 +6,7 @@ import optax
 import pytest
 
 from deliberate import checkpointing
-from deliberate.eval import policy
+from deliberate import policy
 from deliberate.rl import lora, step as step_lib
 
 

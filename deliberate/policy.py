@@ -1,0 +1,180 @@
+"""One door to a policy, for the trainer, the evaluation and the judge server's `model` backend alike.
+
+A policy is a base model (a short name, an HF directory, a `.gguf` file, or `tiny`: a random model for tests and
+smoke runs), optionally with a trained run's checkpoint on top. A run's checkpoint holds only its trainable params:
+the full params after full fine-tuning, or the LoRA adapters alone. Adapters are recognised by their structure and
+merged into the base with W + (alpha / rank) a @ b; the rank is read from the adapters and alpha from the run's own
+saved `config.json` (`rl.lora_alpha`), so nobody retypes it.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import ml_collections
+import orbax.checkpoint as ocp
+
+from deliberate import checkpointing
+from deliberate.config import base_config
+from deliberate.model import registry, transformer
+from deliberate.model import tokenizer as tok_lib
+from deliberate.model.config import ModelConfig
+from deliberate.rl import lora as lora_lib
+from deliberate.sampling.engine import Request, SamplingEngine
+from deliberate.sampling.sampler import SamplingParams
+
+GenerateFn = Callable[[list, int, float], list[str]]
+
+
+def load_model(c: ml_collections.ConfigDict, scratch_dir: str):
+  """(params, ModelConfig, tokenizer) from a run's `config.model`. `tiny` is a random model with a sentencepiece
+  tokenizer trained on the packaged dilemmas in seconds (written under scratch_dir); anything else goes through the
+  registry (short name, HF directory, .gguf)."""
+  if c.name == "tiny":
+    from deliberate.data import schema
+    texts = [d["text"] for d in schema.load_dilemmas()] + [p["a"]["description"] for p in schema.load_pairs()]
+    tok = tok_lib.train_sentencepiece(texts, os.path.join(scratch_dir, "tiny_tokenizer"), vocab_size=c.tiny.vocab_size)
+    cfg = ModelConfig(arch="llama", vocab_size=len(tok), d_model=c.tiny.d_model, n_layers=c.tiny.n_layers,
+                      n_heads=c.tiny.n_heads, n_kv_heads=c.tiny.n_kv_heads, head_dim=c.tiny.d_model // c.tiny.n_heads,
+                      d_ff=c.tiny.d_ff, max_seq_len=c.tiny.max_seq_len, eos_ids=tuple(tok_lib.stop_ids(tok)),
+                      param_dtype=c.param_dtype, compute_dtype=c.compute_dtype)
+    return transformer.init_params(cfg, jax.random.key(c.tiny.seed)), cfg, tok
+  try:
+    params, cfg, tok = registry.load_policy(c.name, param_dtype=c.param_dtype)
+  except FileNotFoundError as e:
+    raise FileNotFoundError(f"config.model.name: {e}") from None
+  cfg = cfg.replace(compute_dtype=c.compute_dtype, eos_ids=tuple(sorted(set(cfg.eos_ids) | set(tok_lib.stop_ids(tok)))))
+  return params, cfg, tok
+
+
+def sampling_mesh(sharded: bool) -> jax.sharding.Mesh | None:
+  """The sampler's 'data' mesh over every device, or None (one device)."""
+  if not sharded or jax.device_count() == 1:
+    return None
+  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True) -> SamplingEngine:
+  """The sampling engine of a policy, its rows split over every device when `sharded`."""
+  return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=sampling_mesh(sharded))
+
+
+def chat_fn(engine: SamplingEngine, tokenizer) -> GenerateFn:
+  """generate_fn for the judge server's `model` backend: the policy judges with its own engine (self-judging)."""
+  counter = iter(range(1 << 30))
+
+  def generate(messages_lists, max_tokens: int, temperature: float) -> list[str]:
+    sp = SamplingParams(greedy=temperature <= 0, temperature=max(temperature, 1e-3), max_new_tokens=max_tokens)
+    reqs = [Request(tok_lib.render_ids(tokenizer, m), i) for i, m in enumerate(messages_lists)]
+    outs = engine.generate(reqs, sp, seed=next(counter))
+    return [tokenizer.decode(o.tokens, skip_special_tokens=True) for o in outs]
+  return generate
+
+
+def run_config(run_workdir: str) -> dict[str, Any]:
+  """The config a run saved in its workdir (`config.json`), as a dict; {} when it saved none."""
+  path = os.path.join(run_workdir, "config.json")
+  if not os.path.isfile(path):
+    return {}
+  with open(path) as f:
+    try:
+      return json.load(f)
+    except json.JSONDecodeError as e:
+      raise ValueError(f"{path}: not valid JSON ({e})") from None
+
+
+def policy_config(name: str = "smollm2-135m", workdir: str = "") -> ml_collections.ConfigDict:
+  c = ml_collections.ConfigDict()
+  c.model = base_config().model        # as a run's config.model: the base model of the run, dtypes, tiny sizes
+  c.model.name = name
+  c.workdir = workdir                  # a trained run's workdir ('' = evaluate the base model itself)
+  c.step = 0                           # checkpoint step to restore (0 = the newest)
+  c.lora_alpha = 0.0                   # LoRA alpha override (0 = read rl.lora_alpha from the run's config.json)
+  return c
+
+
+@dataclasses.dataclass
+class Policy:
+  params: Any
+  config: ModelConfig
+  tokenizer: Any
+  info: dict[str, Any]                 # where the params came from, for the summary
+
+
+def _is_lora(tree: Any) -> bool:
+  return (isinstance(tree, dict) and bool(tree) and set(tree) <= set(lora_lib.LORA_TARGETS)
+          and all(isinstance(v, dict) and set(v) == {"a", "b"} for v in tree.values()))
+
+
+def restore_params(run_workdir: str, base_params: Any, *, step: int = 0,
+                   lora_alpha: float = 0.0) -> tuple[Any, dict[str, Any]]:
+  """(params to sample with, info) from `<run_workdir>/checkpoints`, restored onto one device. A LoRA checkpoint's
+  alpha is `lora_alpha` when given, else the run's saved `rl.lora_alpha`."""
+  directory = os.path.join(run_workdir, "checkpoints")
+  if not os.path.isdir(directory):
+    raise FileNotFoundError(f"policy workdir {run_workdir}: no checkpoints/ directory")
+  ckpt = checkpointing.Checkpointer(directory)
+  try:
+    step = step or ckpt.latest_step
+    if step is None or step not in ckpt.manager.all_steps():
+      raise FileNotFoundError(f"policy workdir {run_workdir}: no checkpoint for step {step or 'latest'} "
+                              f"(have {list(ckpt.manager.all_steps())})")
+    meta = ckpt.manager.item_metadata(step)["params"]
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
+                            getattr(meta, "tree", meta))
+    trainable = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))["params"]
+  finally:
+    ckpt.close()
+  info = {"workdir": os.path.abspath(run_workdir), "step": int(step)}
+  if _is_lora(trainable):
+    ranks = {v["a"].shape[-1] for v in trainable.values()}
+    if len(ranks) != 1:
+      raise ValueError(f"policy workdir {run_workdir}: LoRA adapters of several ranks {sorted(ranks)}")
+    for name, ab in trainable.items():
+      if ab["a"].shape[:2] != base_params["layers"][name].shape[:2]:
+        raise ValueError(f"policy workdir {run_workdir}: adapter {name} {ab['a'].shape} does not fit the base "
+                         f"model's {base_params['layers'][name].shape} (is policy.model the run's base model?)")
+    rank = ranks.pop()
+    if not lora_alpha:
+      saved = run_config(run_workdir).get("rl", {}).get("lora_alpha")
+      if saved is None:
+        raise ValueError(f"policy workdir {run_workdir}: a LoRA checkpoint, but no rl.lora_alpha in its config.json; "
+                         "set the policy's lora_alpha")
+      lora_alpha = float(saved)
+    info.update(kind="lora", rank=int(rank), alpha=float(lora_alpha))
+    merged = lora_lib.merge(base_params, trainable, lora_alpha, rank)  # float32 sums, back to the base's dtypes
+    return jax.tree.map(lambda m, b: m.astype(b.dtype), merged, base_params), info
+  want = jax.tree.map(lambda x: (x.shape, x.dtype), base_params)
+  got = jax.tree.map(lambda x: (x.shape, x.dtype), trainable)
+  if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
+    raise ValueError(f"policy workdir {run_workdir}: the checkpoint's params are neither LoRA adapters nor the "
+                     "base model's params in shape and dtype (is policy.model the run's base model?)")
+  info["kind"] = "full"
+  return trainable, info
+
+
+def load_policy(spec: ml_collections.ConfigDict, scratch_dir: str) -> Policy:
+  """The base model of `spec.model`, with `spec.workdir`'s checkpoint applied when one is given.
+
+  scratch_dir receives what loading writes (the tiny model's tokenizer), so a run's workdir is never written to.
+  """
+  model = spec.model
+  if spec.workdir:  # the run's own base model and dtypes, as it saved them
+    saved = run_config(spec.workdir).get("model")
+    if saved:
+      if model.name not in ("", saved["name"]):
+        raise ValueError(f"policy workdir {spec.workdir}: the run trained {saved['name']!r}, but the policy's "
+                         f"model.name is {model.name!r} (leave it '' to use the run's)")
+      model = ml_collections.ConfigDict(saved)
+  if not model.name:
+    raise ValueError("policy model.name: empty, and no run workdir with a config.json to read it from")
+  params, cfg, tok = load_model(model, scratch_dir)
+  info: dict[str, Any] = {"model": model.name, "kind": "base"}
+  if spec.workdir:
+    params, restored = restore_params(spec.workdir, params, step=spec.step, lora_alpha=spec.lora_alpha)
+    info.update(restored)
+  return Policy(params, cfg, tok, info)
