@@ -48,7 +48,7 @@ def test_lexicon_server_is_openai_compatible_and_labelled(caplog):
     ("Interesting idea, tell me more about the budget.", "no"), ("We agree on goals but I cannot accept this.", "no"),
 ])
 def test_lexicon_agreement_reads_the_latest_turn(last, verdict):
-  turns = [{"agent": 1, "text": "We agree that a pilot is good."}, {"agent": 2, "text": last}]
+  turns = [{"agent": 1, "text": "I propose a six-month pilot."}, {"agent": 2, "text": last}]
   ans = lexicon.answer(rubrics.agreement_messages("d", PA, PB, turns))
   assert ans.splitlines()[-1] == f"Verdict: {verdict}"
 

@@ -2,7 +2,10 @@
 
 For offline smoke runs and tests only. It reads the rubric tag on the first line of the system prompt and only the
 fenced blocks of the user prompt, and answers in the format the parsers read:
-- agreement/v*: yes iff the latest turn contains an acceptance phrase (AGREE) and no refusal phrase (REFUSE).
+- agreement/v*: agreement needs two parties. Yes iff there are at least two turns, the latest turn's agent is not
+  the agent of the turn before it, that earlier turn makes a proposal (PROPOSE), and the latest turn answers it with
+  an acceptance phrase (AGREE) and no refusal phrase (REFUSE). Never on turn 1. Phrases match whole words only: a
+  hyphen joins words, so "the agreed-upon plan" is not "agreed".
 - ca-score/v*: 0 if the completion has fewer than MIN_WORDS words; else (aspects with >= 2 distinct cue words
   among Knowledge, Benevolence, Power, Vitality) + 1 if it addresses every stakeholder (both persona names, or
   words such as "both", "everyone", "all parties"), capped at 5.
@@ -37,11 +40,40 @@ RESOLUTION = ("compromis*", "agree*", "mutual*", "middle", "split*", "shar*", "b
               "together", "joint*")
 STAKEHOLDERS = re.compile(r"\b(both|everyone|everybody|all (?:parties|stakeholders|involved|sides)|"
                           r"each (?:party|side))\b")
-AGREE = re.compile(r"\b(?:i|we) (?:fully |both |can |do )?agree\b|\bagreed\b|\b(?:it'?s|we have) a deal\b|^deal\b|"
-                   r"\b(?:i|we) (?:can )?accept\b|\bsounds good\b|\b(?:that )?works for me\b|\blet'?s do it\b|"
-                   r"\blet'?s go with\b|\bi'?m on board\b|\bcount me in\b", re.M)
-REFUSE = re.compile(r"\b(?:don'?t|do not|can'?t|cannot|won'?t|will not|not) (?:yet )?(?:agree|accept)|\bdisagree|"
-                    r"\bno deal\b|\breject|\bnot agreed\b|\bunacceptable\b|\bnot acceptable\b")
+# Whole-word boundaries that also treat '-' and "'" as word characters: "agreed-upon" and "agreed's" never match.
+_B, _E = r"(?<![\w'-])", r"(?![\w-])"
+
+
+def _phrases(*alternatives: str) -> re.Pattern:
+  return re.compile("|".join(f"{_B}(?:{a}){_E}" for a in alternatives), re.M)
+
+
+AGREE = _phrases(r"(?:i|we) (?:fully |both |can |do )?agree", r"agreed", r"(?:it'?s|we have) a deal", r"^deal",
+                 r"(?:i|we) (?:can )?accept", r"sounds good", r"(?:that )?works for me", r"let'?s do it",
+                 r"let'?s go with", r"i'?m on board", r"count me in")
+REFUSE = _phrases(r"(?:don'?t|do not|can'?t|cannot|won'?t|will not|not) (?:yet )?(?:agree|accept)\w*",
+                  r"disagree\w*", r"no deal", r"reject\w*", r"not agreed", r"unacceptable", r"not acceptable")
+# What the other party's turn must contain for an acceptance to answer it: an offer, a plan or a suggestion.
+PROPOSE = _phrases(r"propos\w*", r"suggest\w*", r"offer\w*", r"how about", r"what if", r"let'?s", r"let us",
+                   r"(?:we|you|i) (?:could|can|should|would|will)", r"i'?d (?:like|suggest|recommend)",
+                   r"recommend\w*", r"plan\w*", r"in exchange", r"(?:would|could|will) you", r"if you",
+                   r"compromis\w*", r"deal")
+_TURN = re.compile(r"TURN(\d+)_AGENT([12])")
+
+
+def agreement_reason(turns: Sequence[tuple[int, str]]) -> tuple[bool, str]:
+  """(agreed, why) for (agent, text) turns, oldest first: the two-party rule of the module docstring."""
+  if len(turns) < 2:
+    return False, "only one turn: a party cannot agree before the other has spoken"
+  (prev_agent, prev), (agent, last) = turns[-2], turns[-1]
+  if agent == prev_agent:
+    return False, f"the last two turns are both Agent {agent}'s: no proposal from the other party to answer"
+  proposal = PROPOSE.findall(prev.lower())
+  agree, refuse = AGREE.findall(last.lower()), REFUSE.findall(last.lower())
+  why = (f"Agent {prev_agent}'s proposal cues {proposal}; Agent {agent}'s acceptance cues {agree}, "
+         f"refusal cues {refuse}")
+  return bool(proposal and agree and not refuse), why
+
 
 _BEGIN = re.compile(r"^<<<BEGIN (\S+) ([0-9a-f]{32})>>>$")
 _WORD = re.compile(r"[a-z]+(?:['-][a-z]+)*")
@@ -123,13 +155,11 @@ def answer(messages: Sequence[Mapping[str, str]]) -> str:
   head = "deterministic local judge (lexicon heuristic, not an LLM): "
   rubric = m.group(1)
   if rubric == "agreement":
-    turns = [c for label, c in blocks if label.startswith("TURN")]
+    turns = [(int(m.group(2)), c) for label, c in blocks if (m := _TURN.fullmatch(label))]
     if not turns:
-      raise ValueError("agreement prompt has no fenced TURN blocks")
-    last = turns[-1].lower()
-    agree, refuse = AGREE.findall(last), REFUSE.findall(last)
-    verdict = "yes" if agree and not refuse else "no"
-    return f"{head}latest turn acceptance cues {agree}, refusal cues {refuse}.\nVerdict: {verdict}"
+      raise ValueError("agreement prompt has no fenced TURN<i>_AGENT<a> blocks")
+    agreed, why = agreement_reason(turns)
+    return f"{head}{why}.\nVerdict: {'yes' if agreed else 'no'}"
   if rubric == "ca-score":
     score, _, why = ca_breakdown(named.get("COMPLETION", ""), names)
     return f"{head}{why}.\nScore: {score}"

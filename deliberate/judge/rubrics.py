@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping, Sequence
 
-AGREEMENT_VERSION = "agreement/v1"
+AGREEMENT_VERSION = "agreement/v2"
 CA_VERSION = "ca-score/v1"
 COMPARE_CA_VERSION = "ca-pairwise/v1"
 COMPARE_RESOLUTION_VERSION = "resolution-pairwise/v1"
@@ -126,8 +126,11 @@ def agreement_messages(dilemma: Dilemma, persona_a: Persona, persona_b: Persona,
   system = (
       "You judge negotiations between two parties about a dilemma. Decide whether the two parties have agreed on "
       "the core resolution.\n"
-      "Answer yes when both parties have accepted the same core course of action (the main decision), even if "
-      "details such as timing, amounts or implementation are still open. Answer no when only one party has "
+      "Agreement needs two parties: answer yes only when one party has proposed a core course of action (the main "
+      "decision) and the OTHER party, in a later turn, explicitly accepts that proposal, even if details such as "
+      "timing, amounts or implementation are still open. Never answer yes on the first turn or when only one party "
+      "has spoken: nobody can agree with their own proposal. Words such as 'agreed-upon', 'the agreed plan' or "
+      "'we agree that X matters' inside a proposal are not an acceptance. Answer no when only one party has "
       "proposed it, when acceptance hinges on a central point still in dispute, when they agree only to keep "
       "talking, or when they disagree. A polite or warm tone alone is not agreement.\n"
       "Think in at most three sentences, then end with exactly one final line: `Verdict: yes` or `Verdict: no`.")
