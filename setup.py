@@ -7,7 +7,7 @@ setup(
     description="Learning to Negotiate (arXiv 2603.10476) in JAX/Flax: self-play negotiation + GRPO",
     python_requires=">=3.11",
     packages=find_packages(include=["deliberate", "deliberate.*"]),
-    package_data={"deliberate": ["data/*.jsonl"]},
+    package_data={"deliberate": ["data/*.jsonl", "data/capability/*.jsonl", "data/capability/*.csv"]},
     install_requires=[
         "jax==0.10.2",
         "jaxlib==0.10.2",
