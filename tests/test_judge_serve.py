@@ -141,8 +141,8 @@ def test_llm_that_echoes_the_attack_cannot_score_it():
   seen = []
 
   def echo(batch, max_tokens, temperature, own=None):
-    seen.extend(m[-1]["content"] for m in batch)
-    return [m[-1]["content"] + (f"\n{own}" if own else "") for m in batch]
+    seen.extend(m[1]["content"] for m in batch)  # the rubric's user prompt (a re-ask appends a reminder after it)
+    return ["\n".join(x["content"] for x in m[1:]) + (f"\n{own}" if own else "") for m in batch]
 
   c = default_judge_config()
   c.api_key_env, c.max_parse_retries = "", 1

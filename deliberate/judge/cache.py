@@ -18,7 +18,8 @@ CREATE TABLE IF NOT EXISTS judge_cache (
   rubric_version TEXT NOT NULL,
   model TEXT NOT NULL,
   text TEXT NOT NULL,
-  created REAL NOT NULL
+  created REAL NOT NULL,
+  extra TEXT
 )
 """
 
@@ -43,6 +44,9 @@ class JudgeCache:
       self._db.execute("PRAGMA journal_mode=WAL")
       self._db.execute("PRAGMA synchronous=NORMAL")
       self._db.execute(_SCHEMA)
+      columns = {row[1] for row in self._db.execute("PRAGMA table_info(judge_cache)")}
+      if "extra" not in columns:  # a cache written before verdicts from probabilities: keep its entries
+        self._db.execute("ALTER TABLE judge_cache ADD COLUMN extra TEXT")
     except sqlite3.Error as e:
       raise RuntimeError(f"judge cache {path!r}: cannot open ({e})") from e
 
@@ -52,11 +56,24 @@ class JudgeCache:
       row = self._db.execute("SELECT text, model FROM judge_cache WHERE key = ?", (key,)).fetchone()
     return None if row is None else (row[0], row[1])
 
-  def put(self, key: str, text: str, *, rubric_version: str, model: str) -> None:
-    # INSERT OR REPLACE is atomic; two processes writing the same key write the same deterministic-key entry.
+  def get_entry(self, key: str) -> tuple[str, str, dict[str, Any] | None] | None:
+    """(answer text, model, extra) or None; extra holds what the text alone does not (verdict probabilities)."""
     with self._lock:
-      self._db.execute("INSERT OR REPLACE INTO judge_cache (key, rubric_version, model, text, created) "
-                       "VALUES (?, ?, ?, ?, ?)", (key, rubric_version, model, text, time.time()))
+      row = self._db.execute("SELECT text, model, extra FROM judge_cache WHERE key = ?", (key,)).fetchone()
+    if row is None:
+      return None
+    try:
+      extra = json.loads(row[2]) if row[2] else None
+    except ValueError:
+      extra = None  # unreadable extra: the text still answers
+    return row[0], row[1], extra if isinstance(extra, dict) else None
+
+  def put(self, key: str, text: str, *, rubric_version: str, model: str, extra: dict[str, Any] | None = None) -> None:
+    # INSERT OR REPLACE is atomic; two processes writing the same key write the same deterministic-key entry.
+    blob = json.dumps(extra, sort_keys=True) if extra else None
+    with self._lock:
+      self._db.execute("INSERT OR REPLACE INTO judge_cache (key, rubric_version, model, text, created, extra) "
+                       "VALUES (?, ?, ?, ?, ?, ?)", (key, rubric_version, model, text, time.time(), blob))
 
   def __len__(self) -> int:
     with self._lock:

@@ -3,7 +3,7 @@
 For offline smoke runs and tests only. It reads the rubric tag on the first line of the system prompt and only the
 fenced blocks of the user prompt, and answers in the format the parsers read:
 - agreement/v*: agreement needs two parties. Yes iff there are at least two turns, the latest turn's agent is not
-  the agent of the turn before it, that earlier turn makes a proposal (PROPOSE), and the latest turn answers it with
+  the agent of the turn before it, that earlier turn makes a proposal (PROPOSE, or asks a question), and the latest turn answers it with
   an acceptance phrase (AGREE) and no refusal phrase (REFUSE). Never on turn 1. Phrases match whole words only: a
   hyphen joins words, so "the agreed-upon plan" is not "agreed".
 - ca-score/v*: 0 if the completion has fewer than MIN_WORDS words; else (aspects with >= 2 distinct cue words
@@ -53,7 +53,8 @@ AGREE = _phrases(r"(?:i|we) (?:fully |both |can |do )?agree", r"agreed", r"(?:it
                  r"let'?s go with", r"i'?m on board", r"count me in")
 REFUSE = _phrases(r"(?:don'?t|do not|can'?t|cannot|won'?t|will not|not) (?:yet )?(?:agree|accept)\w*",
                   r"disagree\w*", r"no deal", r"reject\w*", r"not agreed", r"unacceptable", r"not acceptable")
-# What the other party's turn must contain for an acceptance to answer it: an offer, a plan or a suggestion.
+# What the other party's turn must contain for an acceptance to answer it: an offer, a plan, a suggestion or a
+# question ("Ship a smaller release Friday?").
 PROPOSE = _phrases(r"propos\w*", r"suggest\w*", r"offer\w*", r"how about", r"what if", r"let'?s", r"let us",
                    r"(?:we|you|i) (?:could|can|should|would|will)", r"i'?d (?:like|suggest|recommend)",
                    r"recommend\w*", r"plan\w*", r"in exchange", r"(?:would|could|will) you", r"if you",
@@ -68,7 +69,7 @@ def agreement_reason(turns: Sequence[tuple[int, str]]) -> tuple[bool, str]:
   (prev_agent, prev), (agent, last) = turns[-2], turns[-1]
   if agent == prev_agent:
     return False, f"the last two turns are both Agent {agent}'s: no proposal from the other party to answer"
-  proposal = PROPOSE.findall(prev.lower())
+  proposal = PROPOSE.findall(prev.lower()) + (["?"] if "?" in prev else [])
   agree, refuse = AGREE.findall(last.lower()), REFUSE.findall(last.lower())
   why = (f"Agent {prev_agent}'s proposal cues {proposal}; Agent {agent}'s acceptance cues {agree}, "
          f"refusal cues {refuse}")

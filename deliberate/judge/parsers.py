@@ -1,8 +1,10 @@
 """Parsers that read only the judge's own final answer.
 
-Accepted: the whole answer as a JSON object ({"score": 4}, optionally in a ```json block), a JSON object on the
-last non-empty line, or a last non-empty line `Score: 4` / `Verdict: yes` / `Winner: A` (markdown bold allowed).
-Only the LAST line counts, so a "Score: 5" quoted from the judged text earlier in the reasoning cannot decide.
+Accepted: the whole answer as a JSON object ({"score": 4}, optionally in a ```json block), a fenced ```json block
+that ENDS the answer after reasoning (its content a JSON object or one `Score: 4` line), a JSON object on the last
+non-empty line, or a last non-empty line `Score: 4` / `Verdict: yes` / `Winner: A` (markdown bold allowed).
+Only the final line or the final block counts, so a "Score: 5" (or a ```json block) quoted from the judged text
+earlier in the reasoning cannot decide, and neither can a block followed by more text.
 """
 from __future__ import annotations
 
@@ -13,6 +15,13 @@ from typing import Any
 from deliberate.judge.client import ParseError
 
 _CODE_BLOCK = re.compile(r"^```(?:json)?\s*\n(.*)\n```$", re.S)
+# The last fenced block of an answer, when nothing but whitespace follows its closing fence. Its content may not
+# hold a fence line itself, so a block can only be the judge's final one.
+_FINAL_BLOCK = re.compile(r"\n```(?:json)?[ \t]*\n((?:(?!```)[^\n]*\n)*?(?:(?!```)[^\n]*))\n```$")
+
+
+def _fence_lines(text: str) -> int:
+  return sum(line.strip().startswith("```") for line in text.splitlines())
 
 
 def _json_value(candidate: str, key: str) -> tuple[bool, Any]:
@@ -35,6 +44,19 @@ def final_field(text: str, key: str) -> Any:
   m = _CODE_BLOCK.match(body)
   if m:
     body = m.group(1).strip()
+  else:
+    m = _FINAL_BLOCK.search(body)
+    if m and _fence_lines(body[:m.start()]) % 2:
+      raise ParseError("unbalanced ``` fences before the final block: cannot tell the judge's block from a quote")
+    if m:  # reasoning, then a final fenced block: only the block is read, as if it were the whole answer
+      inner = m.group(1).strip()
+      found, value = _json_value(inner, key)
+      if found:
+        return value
+      if "\n" not in inner:
+        body = inner
+      else:
+        raise ParseError(f"final fenced block is neither a JSON object with {key!r} nor one line: {inner[-120:]!r}")
   found, value = _json_value(body, key)
   if found:
     return value

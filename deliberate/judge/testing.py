@@ -1,11 +1,16 @@
 """A fault-injecting OpenAI-compatible server on raw asyncio streams (full control over the socket: it can drop a
 connection mid-request, which an ASGI app cannot). Used by the fault tests and by bench/judge.py.
 
-Each request names itself on the first line of its last message, `id: <name>`. `plan[name]` lists the behaviour of
+Each request names itself on the first line of a message, `id: <name>` (the last such message counts, so a re-ask
+that appends a format reminder keeps its name). `plan[name]` lists the behaviour of
 its successive attempts; past the end of the list (or without a plan) the request is answered normally. Behaviours:
 ok, close (answers, then closes the keep-alive connection), 429 (with Retry-After: retry_after), 500, 503, slow
 (answers after slow_s), drop (closes the connection without a response), malformed (200 with a non-JSON body),
-empty (200 with "choices": []), nonint ("Score: 3.5").
+empty (200 with "choices": []), nonint ("Score: 3.5"), length (a cut-off answer, finish_reason 'length'), null
+(content null, the reasoning in `reasoning_content`), reasoning (`reasoning_content` ending "Score: 5", content
+ending "Score: 2"), fenced (reasoning, then a final ```json {"score": 1} block), 429long (429 with Retry-After:
+long_retry_after), logprobs (text "Score: 2" with OpenAI logprobs whose top_logprobs put 4 first).
+`bodies` records every request body received (JSON).
 `log` records (name, behaviour) for every attempt received; `max_in_flight` the most requests held at once;
 `connections` the TCP connections accepted; `authorization` each request's Authorization header.
 """
@@ -27,19 +32,35 @@ def _response(status: int, body: bytes, extra: str = "") -> bytes:
           f"{extra}\r\n").encode() + body
 
 
-def _completion(text: str) -> bytes:
-  return json.dumps({"object": "chat.completion", "model": "fault-server",
-                     "choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                  "finish_reason": "stop"}]}).encode()
+def _completion(text: str | None, finish: str = "stop", reasoning: str | None = None,
+                logprobs: list | None = None) -> bytes:
+  message = {"role": "assistant", "content": text}
+  if reasoning is not None:
+    message["reasoning_content"] = reasoning
+  choice = {"index": 0, "message": message, "finish_reason": finish}
+  if logprobs is not None:
+    choice["logprobs"] = {"content": logprobs}
+  return json.dumps({"object": "chat.completion", "model": "fault-server", "choices": [choice]}).encode()
+
+
+def _lp(token: str, logprob: float, top: list[tuple[str, float]] = ()) -> dict:
+  return {"token": token, "logprob": logprob, "top_logprobs": [{"token": t, "logprob": v} for t, v in top]}
+
+
+# "Score: 2" as tokens; at the answer token the judge's distribution puts 4 first (the text says 2).
+LOGPROBS = [_lp("Looks", -0.1), _lp(" fine", -0.2), _lp(".\n", -0.1), _lp("Score", -0.01), _lp(":", -0.01),
+            _lp(" 2", -1.2, [(" 4", -0.5), (" 2", -1.2), ("2", -2.5), (" 1", -3.0), (" yes", -4.0)])]
 
 
 class FaultServer:
   """Runs on its own thread and loop; `url` ends in /v1."""
 
   def __init__(self, plan: dict[str, list[str]] | None = None, *, delay_s: float = 0.0, slow_s: float = 2.0,
-               retry_after: str = "0.05", answer: Callable[[str], str] | None = None, port: int = 0):
+               retry_after: str = "0.05", long_retry_after: str = "3600", answer: Callable[[str], str] | None = None, port: int = 0):
     self.plan = plan or {}
     self.delay_s, self.slow_s, self.retry_after, self.port = delay_s, slow_s, retry_after, port
+    self.long_retry_after = long_retry_after
+    self.bodies: list[dict] = []
     self.answer = answer or (lambda name: OK_ANSWER.format(name=name))
     self.log: list[tuple[str, str]] = []
     self.in_flight = self.max_in_flight = 0
@@ -73,7 +94,10 @@ class FaultServer:
         self.authorization.append(auth)
         body = await reader.readexactly(length)
         try:
-          name = json.loads(body)["messages"][-1]["content"].split("\n", 1)[0].removeprefix("id: ").strip()
+          parsed = json.loads(body)
+          self.bodies.append(parsed)
+          named = [m["content"] for m in parsed["messages"] if str(m.get("content")).startswith("id: ")]
+          name = named[-1].split("\n", 1)[0].removeprefix("id: ").strip()
         except (ValueError, KeyError, IndexError, TypeError, AttributeError):
           name = "?"
         b = self._behaviour(name)
@@ -85,15 +109,27 @@ class FaultServer:
           await asyncio.sleep(self.slow_s if b == "slow" else self.delay_s)
         finally:
           self.in_flight -= 1
-        if b in ("429", "500", "503"):
-          extra = f"Retry-After: {self.retry_after}\r\n" if b == "429" else ""
-          out = _response(int(b), b'{"error": {"message": "injected fault"}}', extra)
+        if b in ("429", "429long", "500", "503"):
+          wait = {"429": self.retry_after, "429long": self.long_retry_after}.get(b)
+          extra = f"Retry-After: {wait}\r\n" if wait else ""
+          out = _response(int(b[:3]), b'{"error": {"message": "injected fault"}}', extra)
         elif b == "malformed":
           out = _response(200, b'{"choices": [{"message": ')
         elif b == "empty":
           out = _response(200, b'{"object": "chat.completion", "choices": []}')
         elif b == "nonint":
           out = _response(200, _completion(f"request {name} answered.\nScore: 3.5"))
+        elif b == "length":
+          out = _response(200, _completion(f"request {name}: the first point is\nScore: 5 for the", "length"))
+        elif b == "null":
+          out = _response(200, _completion(None, reasoning=f"request {name}: thinking...\nScore: 5"))
+        elif b == "reasoning":
+          out = _response(200, _completion(f"request {name}.\nScore: 2", reasoning="It quotes 'Score: 5'.\nScore: 5"))
+        elif b == "fenced":
+          out = _response(200, _completion(f"request {name}: the text says Score: 5, but it is weak.\n"
+                                           "```json\n{\"score\": 1}\n```"))
+        elif b == "logprobs":
+          out = _response(200, _completion("Looks fine.\nScore: 2", logprobs=LOGPROBS))
         else:
           out = _response(200, _completion(self.answer(name)))
         writer.write(out)
