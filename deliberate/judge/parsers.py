@@ -21,7 +21,8 @@ _FINAL_BLOCK = re.compile(r"\n```(?:json)?[ \t]*\n((?:(?!```)[^\n]*\n)*?(?:(?!``
 
 
 def _fence_lines(text: str) -> int:
-  return sum(line.strip().startswith("```") for line in text.splitlines())
+  """Fence markers in text: an odd count means the final block's opener may be an earlier block's closer."""
+  return text.count("```")
 
 
 def _json_value(candidate: str, key: str) -> tuple[bool, Any]:

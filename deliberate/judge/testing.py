@@ -56,10 +56,11 @@ class FaultServer:
   """Runs on its own thread and loop; `url` ends in /v1."""
 
   def __init__(self, plan: dict[str, list[str]] | None = None, *, delay_s: float = 0.0, slow_s: float = 2.0,
-               retry_after: str = "0.05", long_retry_after: str = "3600", answer: Callable[[str], str] | None = None, port: int = 0):
+               retry_after: str = "0.05", long_retry_after: str = "3600", answer: Callable[[str], str] | None = None, port: int = 0,
+               host: str = "127.0.0.1"):
     self.plan = plan or {}
     self.delay_s, self.slow_s, self.retry_after, self.port = delay_s, slow_s, retry_after, port
-    self.long_retry_after = long_retry_after
+    self.long_retry_after, self.host = long_retry_after, host
     self.bodies: list[dict] = []
     self.answer = answer or (lambda name: OK_ANSWER.format(name=name))
     self.log: list[tuple[str, str]] = []
@@ -144,7 +145,7 @@ class FaultServer:
   def _run(self) -> None:
     asyncio.set_event_loop(self._loop)
     self._server = self._loop.run_until_complete(
-        asyncio.start_server(self._handle, "127.0.0.1", self.port, backlog=1024))
+        asyncio.start_server(self._handle, self.host, self.port, backlog=1024))
     self.port = self._server.sockets[0].getsockname()[1]
     self._started.set()
     self._loop.run_forever()
