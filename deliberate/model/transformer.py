@@ -10,12 +10,17 @@ left. The layout, shared by every importer and exporter:
           q_norm, k_norm [L, hd]                     (qk_norm: Qwen3)
           mlp_norm [L, D]  w_gate, w_up [L, D, F]  w_down [L, F, D]
 
+LoRA adapters run on their own path, y = x W + (alpha / r) (x a) b: W stays in its storage dtype and the adapter
+path computes in `Adapters.dtype` (float32 by default), added to x W's float32 accumulator before the one rounding to
+the compute dtype. Merging W + (alpha / r) a b into a bf16 W would round every update under half an ulp of W away.
+
 Positions carry the layout: a token at position p attends to every key at position <= p, and position -1 marks
 padding, which is neither attended to nor written to the cache. With a KV cache, a token at position p is stored in
 slot p, so rows of different lengths decode side by side without left-padding and RoPE stays exact.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -28,6 +33,45 @@ from deliberate.model.config import ModelConfig
 Params = dict[str, Any]
 KVCache = dict[str, jax.Array]
 _NEG_INF = -1e30
+
+
+@jax.tree_util.register_pytree_node_class
+@dataclasses.dataclass(frozen=True)
+class Adapters:
+  """LoRA adapters {target: {"a": [L, in, r], "b": [L, r, out]}} with their scale alpha / r and path dtype.
+
+  A pytree whose leaves are the adapters only: scale and dtype are static (part of the tree structure), so jit and
+  grad see them as constants and a gradient comes back as an Adapters of the same scale and dtype.
+  """
+  params: dict[str, dict[str, Any]]
+  scale: float
+  dtype: str = "float32"
+
+  def tree_flatten(self):
+    return (self.params,), (self.scale, self.dtype)
+
+  @classmethod
+  def tree_unflatten(cls, aux, children):
+    return cls(children[0], *aux)
+
+  def layer(self, i: int) -> "Adapters":
+    """The adapters of layer i (the leading axis sliced away)."""
+    return Adapters(jax.tree.map(lambda x: x[i], self.params), self.scale, self.dtype)
+
+
+def dense(x: jax.Array, w: jax.Array, ab: dict[str, jax.Array] | None = None, scale: float = 1.0,
+          lora_dtype: str = "float32") -> jax.Array:
+  """x W in x's dtype, plus the low-rank (scale) (x a) b when given, summed at the adapter dtype before rounding.
+
+  x W always leaves the matmul as a float32 accumulator and is rounded once, with or without adapters, so that
+  zero adapters give exactly the base model and the trainer and the sampler round alike.
+  """
+  if ab is None:
+    return jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32).astype(x.dtype)
+  ldt = jnp.dtype(lora_dtype)
+  y = jnp.matmul(x, w.astype(x.dtype), preferred_element_type=jnp.float32)
+  xa = jnp.matmul(x.astype(ldt), ab["a"].astype(ldt), preferred_element_type=ldt)
+  return (y.astype(ldt) + scale * jnp.matmul(xa, ab["b"].astype(ldt), preferred_element_type=ldt)).astype(x.dtype)
 
 
 def layer_shapes(config: ModelConfig) -> dict[str, tuple[int, ...]]:
@@ -146,9 +190,12 @@ def _write_cache(cache_LxBxSxKxD, layer, new_BxTxKxD, slots_BxT):
 
 
 def forward_hidden(params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
-                   kv_cache: KVCache | None = None, *, config: ModelConfig,
-                   remat: bool = False) -> tuple[jax.Array, KVCache | None]:
-  """Final-normed hidden states [B, T, D] and the updated cache. Training computes log-probs from these in chunks."""
+                   kv_cache: KVCache | None = None, *, config: ModelConfig, remat: bool = False,
+                   lora: Adapters | None = None) -> tuple[jax.Array, KVCache | None]:
+  """Final-normed hidden states [B, T, D] and the updated cache. Training computes log-probs from these in chunks.
+
+  `lora` adds adapters on their own path (see `dense`); the frozen base is read as stored, never merged or copied.
+  """
   c = config
   cdt = jnp.dtype(c.compute_dtype)
   inv_freq = rope_inv_freq(c)
@@ -162,12 +209,15 @@ def forward_hidden(params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Arr
   else:
     slots_BxT, k_pos = None, positions_BxT
 
+  scale, ldt = (lora.scale, lora.dtype) if lora is not None else (1.0, "float32")
+
   def layer_fn(carry, layer_in):
     x, cache_k, cache_v = carry
-    lp, idx = layer_in
+    lp, ab, idx = layer_in
     w = lambda name: lp[name].astype(cdt)
+    mm = lambda x, name: dense(x, lp[name], ab.get(name), scale, ldt)
     h = rms_norm(x, lp["attn_norm"], c.rms_eps)
-    q, k, v = h @ w("wq"), h @ w("wk"), h @ w("wv")
+    q, k, v = mm(h, "wq"), mm(h, "wk"), mm(h, "wv")
     if c.qkv_bias:
       q, k, v = q + w("bq"), k + w("bk"), v + w("bv")
     q = q.reshape(b, t, c.n_heads, c.head_dim)
@@ -183,15 +233,16 @@ def forward_hidden(params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Arr
     else:
       k_all, v_all = k, v
     attn = _attention(q, k_all, v_all, positions_BxT, k_pos, c)
-    x = x + attn @ w("wo")
+    x = x + mm(attn, "wo")
     h = rms_norm(x, lp["mlp_norm"], c.rms_eps)
-    x = x + (jax.nn.silu(h @ w("w_gate")) * (h @ w("w_up"))) @ w("w_down")
+    x = x + mm(jax.nn.silu(mm(h, "w_gate")) * mm(h, "w_up"), "w_down")
     return (x, cache_k, cache_v), None
 
   if remat:
     layer_fn = jax.checkpoint(layer_fn, policy=jax.checkpoint_policies.nothing_saveable)
   init = (x, kv_cache["k"] if kv_cache else None, kv_cache["v"] if kv_cache else None)
-  (x, cache_k, cache_v), _ = jax.lax.scan(layer_fn, init, (params["layers"], jnp.arange(c.n_layers)))
+  adapters = lora.params if lora is not None else {}
+  (x, cache_k, cache_v), _ = jax.lax.scan(layer_fn, init, (params["layers"], adapters, jnp.arange(c.n_layers)))
   x = rms_norm(x, params["final_norm"], c.rms_eps)
   new_cache = {"k": cache_k, "v": cache_v, "pos": k_pos} if kv_cache is not None else None
   return x, new_cache
@@ -203,9 +254,9 @@ def unembed_matrix(params: Params, config: ModelConfig) -> jax.Array:
 
 
 def apply(params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Array, kv_cache: KVCache | None = None, *,
-          config: ModelConfig) -> tuple[jax.Array, KVCache | None]:
+          config: ModelConfig, lora: Adapters | None = None) -> tuple[jax.Array, KVCache | None]:
   """Logits [B, T, V] in float32 and the updated cache. Pure: no hidden state."""
-  h, kv_cache = forward_hidden(params, tokens_BxT, positions_BxT, kv_cache, config=config)
+  h, kv_cache = forward_hidden(params, tokens_BxT, positions_BxT, kv_cache, config=config, lora=lora)
   logits = jnp.dot(h, unembed_matrix(params, config).astype(h.dtype), preferred_element_type=jnp.float32)
   return logits, kv_cache
 

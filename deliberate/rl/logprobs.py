@@ -93,7 +93,7 @@ head_logprobs.defvjp(_head_fwd, _head_bwd)
 def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                    loss_mask_BxT: jax.Array, *, config: ModelConfig, targets_per_row: int | None = None,
                    token_chunk: int | None = None, recompute: bool = True, remat: bool = False,
-                   temperature: float = 1.0
+                   temperature: float = 1.0, lora: transformer.Adapters | None = None
                    ) -> tuple[jax.Array, jax.Array]:
   """Log-probs and entropies [B, T] (float32, 0 off the mask) of the masked target tokens.
 
@@ -105,8 +105,10 @@ def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_
     recompute: recompute each chunk's logits in the backward pass instead of keeping the [B, K, V] log-softmax.
     remat: rematerialise each decoder layer in the backward pass (memory for compute).
     temperature: the sampling temperature, so that on-policy importance ratios are exactly 1.
+    lora: adapters on their own path over the frozen `params` (differentiable; the base is not).
   """
-  hidden_BxTxD, _ = transformer.forward_hidden(params, tokens_BxT, positions_BxT, config=config, remat=remat)
+  hidden_BxTxD, _ = transformer.forward_hidden(params, tokens_BxT, positions_BxT, config=config, remat=remat,
+                                               lora=lora)
   b, t = tokens_BxT.shape
   k = t - 1 if targets_per_row is None else min(targets_per_row, t - 1)
   chunk = min(token_chunk or k, k)

@@ -54,11 +54,12 @@ def init_state(params: dict[str, Any], optimizer: optax.GradientTransformation, 
 
 
 def _loss(trainable, frozen, batch, denom, cfg: StepConfig, k: int):
-  params = trainable if cfg.lora is None else lora.merge(frozen, trainable, cfg.lora.alpha, cfg.lora.rank)
+  """Under LoRA the frozen base is read as stored and the adapters run on their own path: nothing is merged."""
+  params, adapters = (trainable, None) if cfg.lora is None else (frozen, lora.adapters(trainable, cfg.lora))
   lp, ent = logprobs.token_logprobs(
       params, batch["tokens_BxT"], batch["positions_BxT"], batch["loss_mask_BxT"], config=cfg.model,
       targets_per_row=k, token_chunk=cfg.token_chunk, recompute=cfg.recompute, remat=cfg.remat,
-      temperature=cfg.temperature)
+      temperature=cfg.temperature, lora=adapters)
   loss_sum, metrics = loss_lib.policy_loss(lp, ent, batch, cfg.loss)
   return loss_sum / denom, metrics
 
