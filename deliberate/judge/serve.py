@@ -3,8 +3,13 @@
 Backends:
 - lexicon: the deterministic local judge (keyword heuristic, see lexicon.py), labelled as such in its model name
   and logs. For offline smoke runs and tests.
-- model: a real local LLM judge. It wraps `generate_fn(messages_lists, max_tokens, temperature) -> list[str]`
-  (deliberate's own sampling engine) and batches concurrent requests into one call.
+- model: a real local LLM judge. It wraps `generate_fn(messages_lists, max_tokens, temperature)` returning one str, or
+  one (str, finish_reason) pair, per prompt (deliberate's own sampling engine), and batches concurrent requests into
+  one call. When generate_fn also has `verdict(messages_lists, reasoning_tokens, prefix, answers)` (see logits.py), a
+  request carrying the `deliberate_verdict` extension ({"prefix", "answers", "reasoning_tokens"}) is answered from
+  the logits: its choice carries `deliberate_verdict: {"answer", "logprobs": {answer: log-prob}}`.
+Requests: chat completions with `n` (1-8) choices; errors in the OpenAI shape {"error": {"message", "type", "param",
+"code"}}, so the official `openai` SDK raises its usual exceptions.
 The trainer starts it in-process with `start_server(...)` when the judge config says `embedded`.
 """
 from __future__ import annotations
@@ -32,11 +37,14 @@ Messages = list[dict[str, str]]
 GenerateFn = Callable[[list[Messages], int, float], list[str]]
 
 
+Answer = tuple[str, str, Any]  # (content, finish_reason, deliberate_verdict field or None)
+
+
 class LexiconBackend:
   name = lexicon.MODEL_NAME
 
-  async def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str:
-    return lexicon.answer(messages)
+  async def complete(self, messages: Messages, max_tokens: int, temperature: float, verdict: Any = None) -> Answer:
+    return lexicon.answer(messages), "stop", None
 
 
 class ModelBackend:
@@ -47,12 +55,15 @@ class ModelBackend:
     self.batch_sizes: list[int] = []  # one entry per generate_fn call, for tests and logs
     self._queue: asyncio.Queue | None = None
 
-  async def complete(self, messages: Messages, max_tokens: int, temperature: float) -> str:
+  async def complete(self, messages: Messages, max_tokens: int, temperature: float, verdict: Any = None) -> Answer:
     if self._queue is None:  # created on the server's own loop
       self._queue = asyncio.Queue()
       asyncio.get_running_loop().create_task(self._worker())
+    if verdict is not None and not hasattr(self.generate_fn, "verdict"):
+      verdict = None  # a text-only generate_fn: the client falls back to parsing the text
     fut = asyncio.get_running_loop().create_future()
-    await self._queue.put((messages, max_tokens, temperature, fut))
+    key = None if verdict is None else (verdict["prefix"], tuple(verdict["answers"]), verdict["reasoning_tokens"])
+    await self._queue.put((messages, max_tokens, temperature, key, fut))
     return await fut
 
   async def _worker(self) -> None:
@@ -61,29 +72,39 @@ class ModelBackend:
       await asyncio.sleep(self.max_wait_s)  # let concurrent requests join
       while not self._queue.empty():
         batch.append(self._queue.get_nowait())
-      groups: dict[tuple[int, float], list] = {}
+      groups: dict[tuple, list] = {}
       for item in batch:
-        groups.setdefault((item[1], item[2]), []).append(item)
-      for (max_tokens, temperature), items in groups.items():
+        groups.setdefault(item[1:4], []).append(item)
+      for (max_tokens, temperature, verdict), items in groups.items():
         for i in range(0, len(items), self.max_batch):
-          await self._run(items[i:i + self.max_batch], max_tokens, temperature)
+          await self._run(items[i:i + self.max_batch], max_tokens, temperature, verdict)
 
-  async def _run(self, items: list, max_tokens: int, temperature: float) -> None:
+  def _call(self, prompts: list, max_tokens: int, temperature: float, verdict: tuple | None) -> list[Answer]:
+    if verdict is not None:
+      prefix, answers, reasoning_tokens = verdict
+      outs = self.generate_fn.verdict(prompts, reasoning_tokens, prefix, list(answers))
+      return [(text, "stop", {"answer": max(lps, key=lps.get), "logprobs": lps}) for text, lps in outs]
+    outs = self.generate_fn(prompts, max_tokens, temperature)
+    if len(outs) != len(prompts) or not all(isinstance(o, (str, tuple)) for o in outs):
+      raise RuntimeError(f"generate_fn returned {len(outs)} outputs for {len(prompts)} prompts "
+                         "(expected one string, or (string, finish_reason), per prompt)")
+    return [(o, "stop", None) if isinstance(o, str) else (o[0], o[1], None) for o in outs]
+
+  async def _run(self, items: list, max_tokens: int, temperature: float, verdict: tuple | None) -> None:
     self.batch_sizes.append(len(items))
     try:
-      outs = await asyncio.to_thread(self.generate_fn, [it[0] for it in items], max_tokens, temperature)
-      if len(outs) != len(items) or not all(isinstance(o, str) for o in outs):
-        raise RuntimeError(f"generate_fn returned {len(outs)} outputs for {len(items)} prompts "
-                           "(expected one string per prompt)")
+      outs = await asyncio.to_thread(self._call, [it[0] for it in items], max_tokens, temperature, verdict)
+      if len(outs) != len(items):
+        raise RuntimeError(f"generate_fn returned {len(outs)} outputs for {len(items)} prompts")
     except Exception as e:  # every waiting request gets the error, none is left hanging
       log.exception("judge model backend: generate_fn failed")
       for it in items:
-        if not it[3].done():
-          it[3].set_exception(e)
+        if not it[-1].done():
+          it[-1].set_exception(e)
       return
     for it, out in zip(items, outs):
-      if not it[3].done():
-        it[3].set_result(out)
+      if not it[-1].done():
+        it[-1].set_result(out)
 
 
 def make_model_backend(generate_fn: GenerateFn, *, name: str = "deliberate-local-judge (model)",
@@ -93,8 +114,20 @@ def make_model_backend(generate_fn: GenerateFn, *, name: str = "deliberate-local
   return ModelBackend(generate_fn, name, max_batch, max_wait_s)
 
 
-def _error(status: int, message: str) -> JSONResponse:
-  return JSONResponse({"error": {"message": message, "type": "invalid_request_error"}}, status_code=status)
+def _error(status: int, message: str, param: str | None = None, kind: str = "invalid_request_error") -> JSONResponse:
+  """The OpenAI error shape, which the official SDK turns into BadRequestError etc. with this message."""
+  return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status_code=status)
+
+
+def _check_verdict(v: Any) -> str | None:
+  if v is None:
+    return None
+  if not (isinstance(v, dict) and isinstance(v.get("prefix"), str) and isinstance(v.get("answers"), list)
+          and 0 < len(v["answers"]) <= 16 and all(isinstance(a, str) and a for a in v["answers"])
+          and isinstance(v.get("reasoning_tokens", 0), int) and 0 <= v.get("reasoning_tokens", 0) <= 4096):
+    return ("request.deliberate_verdict: expected {'prefix': str, 'answers': [1-16 non-empty str], "
+            "'reasoning_tokens': int 0-4096}")
+  return None
 
 
 def _check_messages(messages: Any) -> str | None:
@@ -117,28 +150,45 @@ def make_app(backend: LexiconBackend | ModelBackend) -> Starlette:
       return _error(400, "request body: expected a JSON object")
     problem = _check_messages(body.get("messages"))
     if problem:
-      return _error(400, problem)
+      return _error(400, problem, "messages")
     max_tokens, temperature = body.get("max_tokens") or 512, body.get("temperature", 0.0)
-    if not isinstance(max_tokens, int) or not isinstance(temperature, (int, float)):
-      return _error(400, "request.max_tokens must be an integer and request.temperature a number")
+    n, verdict = body.get("n") or 1, body.get("deliberate_verdict")
+    if not isinstance(max_tokens, int) or isinstance(max_tokens, bool) or max_tokens < 1:
+      return _error(400, f"request.max_tokens: expected a positive integer, got {max_tokens!r}", "max_tokens")
+    if not isinstance(temperature, (int, float)) or temperature < 0:
+      return _error(400, f"request.temperature: expected a number >= 0, got {temperature!r}", "temperature")
+    if not isinstance(n, int) or not 1 <= n <= 8:
+      return _error(400, f"request.n: expected an integer 1-8, got {n!r}", "n")
+    problem = _check_verdict(verdict)
+    if problem:
+      return _error(400, problem, "deliberate_verdict")
+    if verdict is not None:
+      verdict = {"reasoning_tokens": 0, **verdict}
     try:
-      text = await backend.complete(body["messages"], max_tokens, float(temperature))
+      answers = await asyncio.gather(*(backend.complete(body["messages"], max_tokens, float(temperature), verdict)
+                                       for _ in range(n)))
     except ValueError as e:
-      return _error(400, str(e))
+      return _error(400, str(e), "messages")
     except Exception as e:
-      return JSONResponse({"error": {"message": f"{type(e).__name__}: {e}", "type": "server_error"}},
-                          status_code=500)
+      return _error(500, f"{type(e).__name__}: {e}", None, "server_error")
     prompt_tokens = sum(len(m["content"].split()) for m in body["messages"])  # whitespace words: an estimate
-    completion_tokens = len(text.split())
+    completion_tokens = sum(len(a[0].split()) for a in answers)
+    choices = []
+    for i, (text, finish, field) in enumerate(answers):
+      choice = {"index": i, "message": {"role": "assistant", "content": text}, "finish_reason": finish,
+                "logprobs": None}
+      if field is not None:
+        choice["deliberate_verdict"] = field
+      choices.append(choice)
     return JSONResponse({
         "id": f"chatcmpl-{uuid.uuid4().hex}", "object": "chat.completion", "created": int(time.time()),
-        "model": backend.name,
-        "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": "stop"}],
+        "model": backend.name, "choices": choices,
         "usage": {"prompt_tokens": prompt_tokens, "completion_tokens": completion_tokens,
                   "total_tokens": prompt_tokens + completion_tokens}})
 
   async def models(request: Request) -> JSONResponse:
-    return JSONResponse({"object": "list", "data": [{"id": backend.name, "object": "model", "owned_by": "local"}]})
+    return JSONResponse({"object": "list", "data": [{"id": backend.name, "object": "model", "created": 0,
+                                                           "owned_by": "local"}]})
 
   return Starlette(routes=[Route("/v1/chat/completions", chat, methods=["POST"]),
                            Route("/v1/models", models, methods=["GET"])])
