@@ -76,7 +76,9 @@ def _flags(run_dir, data_dir, train_url, strong_url):
        "data_dir": data_dir, "sampling_sharded": False, "negotiation.max_turns": 2, "negotiation.max_turn_tokens": 6,
        "negotiation.max_completion_tokens": 6, "negotiation.overlap_judge": False, "open.max_tokens": 6,
        "policies.negotiation.workdir": run_dir, "policies.negotiation.lora_alpha": 8.0,
-       "policies.single_agent.workdir": ""}
+       "policies.single_agent.workdir": "", "decoding": "greedy", "repeats": 1, "capability.limit": 2,
+       "capability.ifeval_max_tokens": 6, "capability.gpqa_max_tokens": 6, "capability.aime_max_tokens": 6,
+       "capability.ifeval_path": "", "capability.gpqa_path": "", "capability.aime_path": ""}
   for p in ("negotiation", "base", "single_agent"):
     f.update({f"policies.{p}.model.name": "tiny", f"policies.{p}.model.param_dtype": "float32",
               f"policies.{p}.model.compute_dtype": "float32"})
@@ -98,6 +100,28 @@ def test_bad_configs_fail_before_loading():
   c.strong_judge.embedded, c.strong_judge.embedded_backend = True, "model"
   with pytest.raises(ValueError, match="config.strong_judge"):
     suite.validate(c)
+  c = eval_config.get_config()
+  c.decoding = "greedy,beam"
+  with pytest.raises(ValueError, match="config.decoding"):
+    suite.validate(c)
+  c = eval_config.get_config()
+  c.capability.benchmarks = "ifeval,mmlu"
+  with pytest.raises(ValueError, match="config.capability.benchmarks"):
+    suite.validate(c)
+
+
+def test_grid_layout_and_missing_benchmark_file(tmp_path):
+  c = eval_config.get_config()
+  runs = suite.grid(c, "/w")
+  assert [(cc.decoding, cc.seed, w) for cc, w in runs] == [
+      ("greedy", 0, "/w/greedy/seed0"), ("greedy", 1, "/w/greedy/seed1"), ("greedy", 2, "/w/greedy/seed2"),
+      ("sampled", 0, "/w/sampled/seed0"), ("sampled", 1, "/w/sampled/seed1"), ("sampled", 2, "/w/sampled/seed2")]
+  assert c.decoding == "greedy,sampled" and c.seed == 0     # the grid copies, never edits, the config
+  c.decoding, c.repeats = "sampled", 1
+  assert suite.grid(c, "/w") == [(c, "/w")]
+  c.capability.ifeval_path = str(tmp_path / "nope.jsonl")  # the paper config's files are read before any model
+  with pytest.raises(FileNotFoundError, match="nope.jsonl"):
+    suite.run(c, str(tmp_path / "eval"))
 
 
 def test_launch_end_to_end_then_compare_stored(tmp_path, servers):
@@ -110,6 +134,11 @@ def test_launch_end_to_end_then_compare_stored(tmp_path, servers):
                         env=dict(os.environ, JAX_COMPILATION_CACHE_DIR=str(tmp_path / "jax_cache")))
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert "negotiation:base" in proc.stdout
+  with open(os.path.join(work, "report.md")) as f:
+    md = f.read()
+  assert "| Comparison | Conflict, greedy | Conflict, sampled | Open-ended, greedy | Open-ended, sampled |" in md
+  assert "| Benchmark | base (before), greedy | negotiation (after), greedy |" in md
+  assert "shipped sample sets, NOT the benchmarks" in md and "scripted-strong_judge" in md
   with open(os.path.join(work, "summary.json")) as f:
     summary = json.load(f)
   neg, base = summary["policies"]["negotiation"], summary["policies"]["base"]
@@ -117,6 +146,11 @@ def test_launch_end_to_end_then_compare_stored(tmp_path, servers):
   assert base["info"]["kind"] == "base"
   assert neg["conflict"]["agreement_rate"] == 1.0 and neg["conflict"]["mean_rounds_to_agreement"] == 1.0
   assert neg["open"]["ca"]["n_scored"] == 2 and summary["strong_judge_model"] == "scripted-strong_judge"
+  assert {k: v["source"] for k, v in neg["capability"].items()} == {"ifeval": "sample", "gpqa": "sample",
+                                                                     "aime": "sample"}
+  gpqa_recs = list(read_records(os.path.join(work, "negotiation", "capability_gpqa.jsonl")))
+  assert len(gpqa_recs) == 2 and neg["capability"]["gpqa"]["loglik_accuracy"] == 50.0 * sum(
+      r["loglik_correct"] for r in gpqa_recs)
   conflict = {p: list(read_records(os.path.join(work, p, "conflict.jsonl"))) for p in ("negotiation", "base")}
   opens = {p: list(read_records(os.path.join(work, p, "open.jsonl"))) for p in ("negotiation", "base")}
   assert [r["score"] for r in conflict["base"]] == [len(r["completion"]) % 6 for r in conflict["base"]]

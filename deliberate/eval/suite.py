@@ -3,6 +3,7 @@
 Layout of the eval workdir:
   <label>/conflict.jsonl   one record per evaluation negotiation (dialogue record + policy, decoding, task, sample)
   <label>/open.jsonl       one record per single-agent answer to an open-ended question, with its CA score
+  <label>/capability_<benchmark>.jsonl  one record per general-capability answer (IFEval, GPQA, AIME), scored
   pairwise/<a>_vs_<b>.jsonl  per-item verdicts in both orders and the outcome
   cross_judge.jsonl        training-judge score and the strong judge's scores of each sampled dialogue
   summary.json             every summary above, the policies' provenance and the judges' model names; a later
@@ -10,9 +11,13 @@ Layout of the eval workdir:
 
 Policies named in `comparisons` but not in `run` are read from their stored JSONL, so outputs can be generated in
 separate invocations (one model per machine) and compared later; comparisons cover every stored output.
+
+One workdir holds one evaluation run (one decoding, one seed). `run_grid` runs several (`decoding='greedy,sampled'`,
+`repeats` seeds) under `<workdir>/<decoding>/seed<k>/`, which the report (eval/report.py) pools into mean ± SD.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import os
@@ -24,10 +29,11 @@ import ml_collections
 from deliberate.data import loader
 from deliberate import policy as policy_lib
 from deliberate.eval import answers, conflict, cross_judge, pairwise
+from deliberate.eval.capability import runner as capability
 from deliberate.judge.config import default_judge_config
 from deliberate.judge.runner import SyncJudge
 from deliberate.model import tokenizer as tok_lib
-from deliberate.negotiation.episode import default_config as negotiation_config
+from deliberate.negotiation.config import default_config as negotiation_config
 from deliberate.negotiation.records import read_records
 from deliberate.sampling.sampler import SamplingParams
 
@@ -39,7 +45,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.data_dir = ""                     # TFDS data dir ('' = <workdir>/tfds, prepared offline on first use)
   c.num_conflict_tasks = -1           # the first N of the 100 conflict tasks (-1 = all, 0 = skip)
   c.num_open_questions = -1           # the first N of the 100 open-ended questions (-1 = all, 0 = skip)
-  c.decoding = "greedy"               # 'greedy' | 'sampled': the paper reports both
+  c.decoding = "greedy"               # 'greedy' | 'sampled' | 'greedy,sampled' (run_grid): the paper reports both
+  c.repeats = 1                       # evaluation runs per decoding, seeds seed..seed+repeats-1 (run_grid; mean ± SD)
   c.batch_tasks = 0                   # tasks per batched negotiation call (0 = all at once)
   c.sampling_sharded = True           # split sampling over every local device
   c.negotiation = negotiation_config()
@@ -49,6 +56,7 @@ def default_config() -> ml_collections.ConfigDict:
   c.open.temperature = 0.7            # 'sampled' decoding of answers (not disclosed: ours)
   c.open.top_p = 0.95
   c.open.max_tokens = 256             # not disclosed: ours, as the single-agent baseline's training answers
+  c.capability = capability.default_config()  # IFEval / GPQA / AIME before and after training
   c.judge = default_judge_config()    # the training judge: agreement and CA scores of the evaluation outputs
   c.strong_judge = default_judge_config()  # pairwise comparisons and the cross-judge study
   c.strong_judge.model = "gpt-4o"     # the paper's strong judge is not named: ours
@@ -80,8 +88,12 @@ def comparisons(c: ml_collections.ConfigDict) -> list[tuple[str, str]]:
 
 def validate(c: ml_collections.ConfigDict) -> None:
   """Errors name the config field at fault, before any model is loaded."""
-  if c.decoding not in conflict.DECODINGS:
-    raise ValueError(f"config.decoding: {c.decoding!r} is not one of {conflict.DECODINGS}")
+  for d in _names(c.decoding) or [""]:
+    if d not in conflict.DECODINGS:
+      raise ValueError(f"config.decoding: {c.decoding!r} is not one or more of {conflict.DECODINGS}")
+  if c.repeats < 1:
+    raise ValueError(f"config.repeats: evaluation runs per decoding must be >= 1, got {c.repeats}")
+  capability.benchmarks(c.capability)
   for label in _names(c.run) + [n for pair in comparisons(c) for n in pair] + _names(c.cross_judge.policy):
     if label not in c.policies:
       raise ValueError(f"config: policy {label!r} (in config.run, config.comparisons or config.cross_judge.policy) "
@@ -132,7 +144,8 @@ def _previous_summary(workdir: str, decoding: str) -> dict[str, Any]:
   return previous
 
 
-def generate_outputs(c: ml_collections.ConfigDict, label: str, tasks, questions, workdir: str) -> dict[str, Any]:
+def generate_outputs(c: ml_collections.ConfigDict, label: str, tasks, questions, workdir: str,
+                     bench_items=None) -> dict[str, Any]:
   """Loads one policy, writes its conflict.jsonl and open.jsonl, returns their summaries. The model is released
   when this returns, so policies are evaluated one at a time."""
   spec = c.policies[label]
@@ -157,12 +170,20 @@ def generate_outputs(c: ml_collections.ConfigDict, label: str, tasks, questions,
       answers.score_answers(j, recs)
       write_jsonl(os.path.join(workdir, label, "open.jsonl"), recs)
       out["open"] = answers.answers_summary(recs)
+  if bench_items:
+    recs_by, out["capability"] = capability.evaluate(engine, pol.tokenizer, c.capability, bench_items,
+                                                     decoding=c.decoding, seed=c.seed + 2, policy=label)
+    for name, recs in recs_by.items():
+      write_jsonl(os.path.join(workdir, label, f"capability_{name}.jsonl"), recs)
   return out
 
 
 def run(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
-  """Runs what the config asks for and writes summary.json; returns the summary."""
+  """One evaluation run (one decoding): what the config asks for; writes summary.json and returns it."""
   validate(c)
+  if len(_names(c.decoding)) != 1:
+    raise ValueError(f"config.decoding: {c.decoding!r}: one run has one decoding (run_grid runs several)")
+  bench_items = capability.load_items(c.capability) if _names(c.run) else {}  # bad files fail before any model
   workdir = os.path.abspath(workdir)
   os.makedirs(workdir, exist_ok=True)
   data_dir = c.data_dir or os.path.join(workdir, "tfds")
@@ -170,10 +191,10 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   tasks = all_tasks if c.num_conflict_tasks < 0 else all_tasks[:c.num_conflict_tasks]
   questions = all_questions if c.num_open_questions < 0 else all_questions[:c.num_open_questions]
   summary = _previous_summary(workdir, c.decoding)
-  summary.update(decoding=c.decoding, conflict_tasks=len(tasks), open_questions=len(questions))
+  summary.update(decoding=c.decoding, seed=c.seed, conflict_tasks=len(tasks), open_questions=len(questions))
   summary.setdefault("policies", {})
   for label in _names(c.run):
-    summary["policies"][label] = generate_outputs(c, label, tasks, questions, workdir)
+    summary["policies"][label] = generate_outputs(c, label, tasks, questions, workdir, bench_items)
     print(f"[evaluate] {label}: outputs written under {os.path.join(workdir, label)}", flush=True)
   pairs = comparisons(c)
   cross = _names(c.cross_judge.policy)
@@ -202,3 +223,23 @@ def run(c: ml_collections.ConfigDict, workdir: str) -> dict[str, Any]:
   with open(os.path.join(workdir, "summary.json"), "w", encoding="utf-8") as f:
     json.dump(summary, f, indent=2)
   return summary
+
+
+def grid(c: ml_collections.ConfigDict, workdir: str) -> list[tuple[ml_collections.ConfigDict, str]]:
+  """(config, workdir) of every evaluation run: one per decoding and repeat; a single run uses `workdir` itself."""
+  decodings = _names(c.decoding)
+  if len(decodings) == 1 and c.repeats == 1:
+    return [(c, workdir)]
+  out = []
+  for d in decodings:
+    for r in range(c.repeats):
+      cc = copy.deepcopy(c)
+      cc.decoding, cc.seed = d, c.seed + r
+      out.append((cc, os.path.join(workdir, d, f"seed{c.seed + r}")))
+  return out
+
+
+def run_grid(c: ml_collections.ConfigDict, workdir: str) -> list[tuple[str, dict[str, Any]]]:
+  """Every evaluation run of `grid`; returns (workdir, summary) of each."""
+  validate(c)
+  return [(w, run(cc, w)) for cc, w in grid(c, workdir)]
