@@ -1,11 +1,18 @@
-"""The base run config. Experiment files under configs/ start from it and change what they need."""
+"""The base run config and its validation. Experiment files under configs/ start from it and change what they need.
+
+Each section's defaults live with the code they configure (model/config.py, judge/config.py, negotiation/config.py,
+tasks/config.py, rl/config.py), all importable without JAX, and `validate` checks every field before anything is
+loaded, naming the field at fault.
+"""
 from __future__ import annotations
 
 import ml_collections
 
-from deliberate.judge.config import default_judge_config
-from deliberate.negotiation.episode import default_config as negotiation_config
-from deliberate.rl.optim import default_config as optim_config
+from deliberate.judge.config import default_judge_config, validate_judge_config
+from deliberate.model.config import default_config as model_config, validate_section as validate_model
+from deliberate.negotiation.config import default_config as negotiation_config, validate as validate_negotiation
+from deliberate.rl.config import default_config as rl_config, optim_config, validate as validate_rl, validate_optim
+from deliberate.tasks.config import MODES, single_agent_config, validate_single_agent
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -15,44 +22,16 @@ def base_config() -> ml_collections.ConfigDict:
   c.num_steps = 1900                  # GRPO steps
   c.sampling_sharded = True           # split rollouts over every local device ('data' mesh axis)
 
-  c.model = ml_collections.ConfigDict()
-  c.model.name = "smollm2-135m"       # short name, HF directory (safetensors) or .gguf file
-  c.model.param_dtype = "float32"     # storage of the (frozen) params: float32 | bfloat16
-  c.model.compute_dtype = "float32"   # activations and matmuls: float32 | bfloat16
-  c.model.tiny = ml_collections.ConfigDict(dict(  # name='tiny': a random model for tests and smoke runs
-      vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=2048, seed=0))
-
+  c.model = model_config()            # the policy: name, dtypes, tiny sizes
   c.judge = default_judge_config()
   c.negotiation = negotiation_config()
-
-  c.single_agent = ml_collections.ConfigDict()
-  c.single_agent.group_size = 8       # candidates per open-ended question
-  c.single_agent.temperature = 1.0    # the predecessor paper samples at T=1, top-p 1
-  c.single_agent.top_p = 1.0
-  c.single_agent.max_tokens = 256     # not disclosed: ours
-  c.single_agent.failed_policy = "exclude"  # a candidate the judge could not score: 'exclude' | 'zero'
+  c.single_agent = single_agent_config()
 
   c.data = ml_collections.ConfigDict()
   c.data.data_dir = ""                # TFDS data dir ('' = <workdir>/tfds, prepared offline on first use)
   c.data.prompts_per_step = 2         # P: (dilemma, persona pair) prompts per step; batch = P x G dialogues
 
-  c.rl = ml_collections.ConfigDict()
-  c.rl.step = "pmap"                  # 'pmap' (params replicated) | 'sharded' (jit over a (data, fsdp) mesh)
-  c.rl.mesh_data = 0                  # sharded: data axis size (0 = devices / mesh_fsdp)
-  c.rl.mesh_fsdp = 1                  # sharded: fsdp axis size (params and optimizer state split along it)
-  c.rl.clip_eps_low = 0.2             # not disclosed: the usual PPO/GRPO value
-  c.rl.clip_eps_high = 0.2
-  c.rl.beta = 0.0                     # KL to the reference (k3); the paper uses 0 and loads no reference
-  c.rl.norm_mode = "token_sum"        # 'token_sum' (DAPO, the paper) | 'seq_mean_token_mean' (GRPO) | 'constant'
-  c.rl.norm_constant = 0.0            # 'constant' mode (Dr.GRPO) divisor
-  c.rl.scale_by_std = True            # False: Dr.GRPO advantages (no division by the group std)
-  c.rl.micro_batches = 1              # gradient accumulation
-  c.rl.remat = False                  # rematerialise decoder layers in the backward pass
-  c.rl.token_chunk = 0                # output-layer chunk size (0 = all target positions at once)
-  c.rl.lora_rank = 16                 # 0 = full fine-tuning; the paper trains (Q)LoRA adapters
-  c.rl.lora_alpha = 32.0
-  c.rl.lora_targets = "wq,wk,wv,wo,w_gate,w_up,w_down"
-
+  c.rl = rl_config()                  # GRPO objective, step kind and mesh, LoRA
   c.optim = optim_config()            # AdamW, lr 5e-6, constant after warmup, global-norm clip 1.0
 
   c.eval_every = 0                    # steps between evaluation-set negotiations (Figure 2); 0 = never
@@ -63,3 +42,41 @@ def base_config() -> ml_collections.ConfigDict:
   c.tensorboard = True
   c.wandb_project = ""                # '' = no wandb
   return c
+
+
+def policy_config(name: str = "smollm2-135m", workdir: str = "") -> ml_collections.ConfigDict:
+  """A policy to evaluate or serve: a base model, or a trained run (its base model and LoRA alpha are read from the
+  run's config.json; leave `model.name` '' to take the run's)."""
+  c = ml_collections.ConfigDict()
+  c.model = model_config()            # as a run's config.model: the base model of the run, dtypes, tiny sizes
+  c.model.name = name
+  c.workdir = workdir                 # a trained run's workdir ('' = evaluate the base model itself)
+  c.step = 0                          # checkpoint step to restore (0 = the newest)
+  c.lora_alpha = 0.0                  # LoRA alpha override (0 = read rl.lora_alpha from the run's config.json)
+  return c
+
+
+def validate(c: ml_collections.ConfigDict) -> None:
+  """Every check that needs no model, run before anything is loaded. Errors name the config field at fault."""
+  if c.mode not in MODES:
+    raise ValueError(f"config.mode: {c.mode!r} is not one of {tuple(MODES)}")
+  if c.num_steps < 1:
+    raise ValueError(f"config.num_steps: must be >= 1, got {c.num_steps}")
+  if c.data.prompts_per_step < 1:
+    raise ValueError(f"config.data.prompts_per_step: must be >= 1, got {c.data.prompts_per_step}")
+  for f in ("eval_every", "eval_tasks", "checkpoint_every", "keep_checkpoints"):
+    if c[f] < 0:
+      raise ValueError(f"config.{f}: must be >= 0, got {c[f]}")
+  validate_model(c.model)
+  validate_negotiation(c.negotiation)
+  validate_single_agent(c.single_agent)
+  validate_rl(c.rl)
+  validate_optim(c.optim)
+  try:
+    validate_judge_config(c.judge)
+  except ValueError as e:
+    raise ValueError(f"config.judge: {e}") from None
+  section = MODES[c.mode][1]
+  if c[section].group_size < 2:
+    raise ValueError(f"config.{section}.group_size: GRPO needs at least 2 samples per group, got "
+                     f"{c[section].group_size}")

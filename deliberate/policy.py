@@ -18,7 +18,8 @@ import ml_collections
 import orbax.checkpoint as ocp
 
 from deliberate import checkpointing
-from deliberate.config import base_config
+from deliberate.mesh import make_mesh
+from deliberate.config import policy_config  # noqa: F401  (a policy's config section)
 from deliberate.model import registry, transformer
 from deliberate.model import tokenizer as tok_lib
 from deliberate.model.config import ModelConfig
@@ -54,7 +55,7 @@ def sampling_mesh(sharded: bool) -> jax.sharding.Mesh | None:
   """The sampler's 'data' mesh over every device, or None (one device)."""
   if not sharded or jax.device_count() == 1:
     return None
-  return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+  return make_mesh(jax.device_count(), 1)
 
 
 def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True) -> SamplingEngine:
@@ -84,16 +85,6 @@ def run_config(run_workdir: str) -> dict[str, Any]:
       return json.load(f)
     except json.JSONDecodeError as e:
       raise ValueError(f"{path}: not valid JSON ({e})") from None
-
-
-def policy_config(name: str = "smollm2-135m", workdir: str = "") -> ml_collections.ConfigDict:
-  c = ml_collections.ConfigDict()
-  c.model = base_config().model        # as a run's config.model: the base model of the run, dtypes, tiny sizes
-  c.model.name = name
-  c.workdir = workdir                  # a trained run's workdir ('' = evaluate the base model itself)
-  c.step = 0                           # checkpoint step to restore (0 = the newest)
-  c.lora_alpha = 0.0                   # LoRA alpha override (0 = read rl.lora_alpha from the run's config.json)
-  return c
 
 
 @dataclasses.dataclass

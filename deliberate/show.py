@@ -3,24 +3,8 @@ from __future__ import annotations
 
 import argparse
 import sys
-import textwrap
 
-from deliberate.negotiation.records import read_records
-
-
-def format_record(r: dict) -> str:
-  lines = [f"== step {r['step']} dialogue {r['index']} (group {r['group']}) | dilemma {r['dilemma_id']} | "
-           f"pair {r['pair_id']}: {r['agent1']} vs {r['agent2']}"]
-  for i, t in enumerate(r["turns"], 1):
-    verdict = {True: "agreed", False: "no agreement", None: f"judge failed ({t.get('judge_failure')})"}[t["agreed"]]
-    lines.append(f"-- turn {i}, Agent {t['agent']} [{verdict}]")
-    lines.append(textwrap.fill(t["text"], 100, initial_indent="   ", subsequent_indent="   "))
-  if r.get("completion"):
-    lines.append("-- final completion (Agent 1)")
-    lines.append(textwrap.fill(r["completion"], 100, initial_indent="   ", subsequent_indent="   "))
-  status = "FAILED: " + r["failure"] if r["failed"] else ("agreed" if r["agreed"] else "no agreement")
-  lines.append(f"-- {status} after {r['rounds']} turns | CA score {r['score']} | reward {r['reward']}")
-  return "\n".join(lines)
+from deliberate.negotiation.records import format_record, read_records
 
 
 def main(argv=None) -> int:

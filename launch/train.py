@@ -20,14 +20,11 @@ def main(argv):
     import tensorflow_datasets as tfds
     tfds.disable_progress_bar()
   from deliberate import trainer  # after flag parsing: JAX reads XLA_FLAGS at import
-  from deliberate.show import format_record
-  from deliberate.negotiation.records import dialogue_record
   t = trainer.Trainer(FLAGS.config, FLAGS.workdir)
   t.run()
-  dialogues = getattr(t, "last_dialogues", [])
-  if dialogues and FLAGS.config.mode == "negotiation":
-    best = max(dialogues, key=lambda d: (d.rounds > 1, d.agreed, d.reward, d.rounds))  # a real exchange
-    print("\nA sample dialogue from the last step:\n" + format_record(dialogue_record(best, t.step)))
+  sample = t.sample_text()
+  if sample:
+    print("\n" + sample)
   print(f"\nmetrics:     {t.writer.path}\ncheckpoints: {t.checkpointer.directory}\n"
         f"records:     {t.records.directory} (read with: python -m deliberate.show {t.records.directory})")
 

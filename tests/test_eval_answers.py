@@ -4,7 +4,6 @@ import re
 
 import pytest
 
-from deliberate import trainer
 from deliberate.eval import answers
 from deliberate.judge import rubrics
 from deliberate.judge.config import default_judge_config
@@ -12,6 +11,7 @@ from deliberate.judge.runner import SyncJudge
 from deliberate.model import tokenizer as tok_lib
 from deliberate.sampling.engine import SamplingEngine
 from deliberate.sampling.sampler import SamplingParams
+from deliberate.tasks import single_agent
 
 QUESTIONS = [{"id": "open-001", "question": "What do we owe neighbours? [score:4]"},
              {"id": "open-002", "question": "How should a city share its parks? [score:junk]"}]
@@ -37,7 +37,7 @@ def test_answers_prompt_sampling_and_scores(tiny_policy, tiny_tokenizer):
   assert all(0 < r["tokens"] <= 5 and r["policy"] == "p" for r in recs)
   # The prompt is the baseline's: its system message, then the question.
   rendered = tiny_tokenizer.decode(tok_lib.render_ids(tiny_tokenizer, answers.answer_messages("Q?")))
-  assert trainer.SINGLE_AGENT_SYSTEM[:40] in rendered.replace("\u2581", " ")
+  assert single_agent.SINGLE_AGENT_SYSTEM[:40] in rendered.replace("\u2581", " ")
   cfg = default_judge_config()
   cfg.embedded, cfg.embedded_backend, cfg.max_parse_retries, cfg.api_key_env = True, "model", 0, ""
   with SyncJudge(cfg, generate_fn=scripted_judge) as judge:

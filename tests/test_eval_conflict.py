@@ -4,13 +4,13 @@ import re
 
 import pytest
 
-from deliberate import trainer
+from deliberate import policy
 from deliberate.data import loader
-from deliberate.eval import conflict, policy
+from deliberate.eval import conflict
 from deliberate.judge import rubrics
 from deliberate.judge.config import default_judge_config
 from deliberate.judge.runner import SyncJudge
-from deliberate.negotiation import episode
+from deliberate.negotiation import config as neg_config, episode
 from deliberate.sampling.engine import SamplingEngine
 
 # The first three evaluation tasks, by title: (turns until the judge sees agreement, CA score of the completion).
@@ -32,7 +32,7 @@ def scripted_judge(messages_lists, max_tokens, temperature):
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
-  params, cfg, tok = trainer.load_model(policy.policy_config("tiny").model, str(tmp_path_factory.mktemp("tiny")))
+  params, cfg, tok = policy.load_model(policy.policy_config("tiny").model, str(tmp_path_factory.mktemp("tiny")))
   tasks = loader.eval_conflict_tasks(str(tmp_path_factory.mktemp("tfds")))[:3]
   jc = default_judge_config()
   jc.embedded, jc.embedded_backend, jc.api_key_env = True, "model", ""
@@ -41,7 +41,7 @@ def setup(tmp_path_factory):
 
 
 def _config(group_size):
-  c = episode.default_config()
+  c = neg_config.default_config()
   c.group_size, c.max_turns, c.max_turn_tokens, c.max_completion_tokens = group_size, 3, 6, 6
   return c
 

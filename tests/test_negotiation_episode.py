@@ -6,7 +6,8 @@ import pytest
 from deliberate.judge import rubrics
 from deliberate.judge.config import default_judge_config
 from deliberate.judge.runner import SyncJudge
-from deliberate.negotiation import episode, metrics, rows
+from deliberate.negotiation import config as neg_config, episode, metrics, rows
+from deliberate.rl import batch as batch_lib
 from deliberate.sampling.engine import SamplingEngine
 
 PERSONA = dict(values=["fairness"], priorities=["clarity"], red_lines=["deception"], description="You are firm.")
@@ -48,7 +49,7 @@ def judge():
 @pytest.mark.parametrize("overlap", [False, True])
 def test_every_branch(tiny_policy, tiny_tokenizer, judge, overlap):
   params, config = tiny_policy
-  cfg = episode.default_config()
+  cfg = neg_config.default_config()
   cfg.group_size, cfg.max_turns, cfg.max_turn_tokens, cfg.max_completion_tokens = 2, 4, 6, 6
   cfg.overlap_judge = overlap
   neg = episode.Negotiator(SamplingEngine(params, config), tiny_tokenizer, judge, cfg)
@@ -79,7 +80,7 @@ def test_every_branch(tiny_policy, tiny_tokenizer, judge, overlap):
 
 def test_overlap_gives_the_same_dialogues(tiny_policy, tiny_tokenizer, judge):
   params, config = tiny_policy
-  cfg = episode.default_config()
+  cfg = neg_config.default_config()
   cfg.group_size, cfg.max_turns, cfg.max_turn_tokens, cfg.max_completion_tokens = 2, 3, 5, 5
   items = [{"dilemma": _dilemma("agree@2"), "pair": PAIR}, {"dilemma": _dilemma("never"), "pair": PAIR}]
   runs = []
@@ -96,11 +97,11 @@ def test_rows_align_with_sampling_logprobs(tiny_policy, tiny_tokenizer, judge):
 
   from deliberate.rl import logprobs
   params, config = tiny_policy
-  cfg = episode.default_config()
+  cfg = neg_config.default_config()
   cfg.group_size, cfg.max_turns, cfg.max_turn_tokens, cfg.max_completion_tokens = 2, 3, 6, 4
   neg = episode.Negotiator(SamplingEngine(params, config), tiny_tokenizer, judge, cfg)
   dialogues = neg.run([{"dilemma": _dilemma("agree@3"), "pair": PAIR}], seed=5)
-  batch = rows.collate(rows.dialogue_rows(dialogues), [1.0, -1.0])
+  batch = batch_lib.collate(rows.dialogue_rows(dialogues), [1.0, -1.0])
   lp, _ = logprobs.token_logprobs(params, batch["tokens_BxT"], batch["positions_BxT"], batch["loss_mask_BxT"],
                                   config=config, temperature=cfg.turn_temperature)
   mask = batch["loss_mask_BxT"] > 0

@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 
 from deliberate.negotiation import episode, records, rows
+from deliberate.rl import batch as batch_lib
 from deliberate.show import format_record, main as show_main
 
 PERSONA = dict(values=["v"], priorities=["p"], red_lines=["r"])
@@ -24,7 +25,7 @@ def _dialogue(index, agents, excluded=False):
 
 def test_mask_covers_only_dialogue_responses():
   d = _dialogue(0, [1, 2])
-  batch = rows.collate(rows.dialogue_rows([d]), advantages=[1.5], length=12, batch=4)
+  batch = batch_lib.collate(rows.dialogue_rows([d]), advantages=[1.5], length=12, batch=4)
   # Row 0: prompt [100,101,102], response [500,501]; row 1: prompt [110..113], response [510,511,512].
   np.testing.assert_array_equal(batch["tokens_BxT"][0, :5], [100, 101, 102, 500, 501])
   np.testing.assert_array_equal(batch["loss_mask_BxT"][0], [0, 0, 0, 1, 1] + [0] * 7)
@@ -41,15 +42,15 @@ def test_mask_covers_only_dialogue_responses():
 def test_agent1_only_masks_agent2():
   d = _dialogue(0, [1, 2, 1])
   all_rows = rows.dialogue_rows([d], agent1_only=True)
-  kept = rows.collate(all_rows, [1.0], drop_untrained=False)
+  kept = batch_lib.collate(all_rows, [1.0], drop_untrained=False)
   np.testing.assert_array_equal(kept["loss_mask_BxT"].sum(1), [2, 0, 4])  # agent 2's 3 tokens masked out
-  assert rows.collate(all_rows, [1.0])["tokens_BxT"].shape[0] == 2      # dropped when training
+  assert batch_lib.collate(all_rows, [1.0])["tokens_BxT"].shape[0] == 2      # dropped when training
 
 
 def test_excluded_dialogues_give_no_rows_and_collate_checks_length():
   assert rows.dialogue_rows([_dialogue(0, [1, 2], excluded=True)]) == []
   with pytest.raises(ValueError, match="exceeds the step's length"):
-    rows.collate(rows.dialogue_rows([_dialogue(0, [1, 2])]), [0.0], length=4)
+    batch_lib.collate(rows.dialogue_rows([_dialogue(0, [1, 2])]), [0.0], length=4)
 
 
 def test_records_rotate_append_and_show(tmp_path, capsys):

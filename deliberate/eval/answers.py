@@ -1,5 +1,5 @@
 """Single-agent answers to the open-ended evaluation questions, prompted as the single-agent baseline trains
-(trainer.SINGLE_AGENT_SYSTEM), optionally scored for CA by the training judge."""
+(tasks/single_agent.py), optionally scored for CA by the training judge."""
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
@@ -11,11 +11,7 @@ from deliberate.judge import judges
 from deliberate.model import tokenizer as tok_lib
 from deliberate.sampling.engine import Request, SamplingEngine
 from deliberate.sampling.sampler import SamplingParams
-from deliberate.trainer import SINGLE_AGENT_SYSTEM
-
-
-def answer_messages(question: str) -> list[dict[str, str]]:
-  return [{"role": "system", "content": SINGLE_AGENT_SYSTEM}, {"role": "user", "content": question}]
+from deliberate.tasks.single_agent import answer_messages  # noqa: F401  (the baseline's prompt)
 
 
 def answer_questions(engine: SamplingEngine, tokenizer, questions: Sequence[Mapping[str, Any]], sp: SamplingParams,

@@ -1,5 +1,5 @@
 """Conflict-resolution evaluation: a policy negotiates each evaluation task with itself under the task's fixed eval
-persona pair, and a completion is written whether or not the agents agreed (NOTES.md: evaluation protocol).
+persona pair, and a completion is written whether or not the agents agreed (docs/protocol.md: evaluation).
 
 The summary is computed from the JSONL records alone, so it can be recomputed from a stored `conflict.jsonl`.
 """
@@ -13,18 +13,9 @@ import numpy as np
 
 from deliberate.eval import stats
 from deliberate.negotiation import episode, records as records_lib
+from deliberate.negotiation.episode import eval_items
 
 DECODINGS = ("greedy", "sampled")
-
-
-def eval_items(tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
-  """Negotiator items from evaluation tasks: Agent 1 always plays the pair's persona 'a' (no role swap)."""
-  items = []
-  for i, t in enumerate(tasks):
-    if not isinstance(t.get("pair"), Mapping) or "a" not in t["pair"] or "b" not in t["pair"]:
-      raise ValueError(f"evaluation task {t.get('id', i)!r}: no persona pair with 'a' and 'b' under 'pair'")
-    items.append({"dilemma": {k: v for k, v in t.items() if k != "pair"}, "pair": t["pair"]})
-  return items
 
 
 def make_negotiator(engine, tokenizer, judge, config: ml_collections.ConfigDict,

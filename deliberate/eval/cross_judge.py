@@ -1,4 +1,4 @@
-"""Cross-judge study (NOTES.md): converged dialogues scored by the training judge, sampled stratified by that score,
+"""Cross-judge study (docs/protocol.md): converged dialogues scored by the training judge, sampled stratified by that score,
 re-scored several times by another (stronger) judge with the same CA rubric.
 
 Each pass is sent under its own rubric-version tag (`ca-score/v1#pass2`, ...), so a judge cache keeps every pass

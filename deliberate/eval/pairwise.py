@@ -1,4 +1,4 @@
-"""Pairwise win rates of policy a over policy b, judged in both orders (NOTES.md).
+"""Pairwise win rates of policy a over policy b, judged in both orders (docs/protocol.md).
 
 Every item is judged twice, once with a's output shown as Response A and once with it shown as Response B. A win
 (or loss, or tie) counts only when both orders give it; pairs whose orders disagree are dropped as inconsistent and

@@ -1,4 +1,4 @@
-"""Statistics of the evaluation: CA score summaries and the cross-judge agreement measures of NOTES.md.
+"""Statistics of the evaluation: CA score summaries and the cross-judge agreement measures of docs/protocol.md.
 
 Scores are integers 0-5; None marks a score the judge could not give, which is counted and left out, never zeroed.
 """

@@ -67,3 +67,29 @@ class ModelConfig:
     mlp = 3 * self.d_model * self.d_ff
     emb = self.vocab_size * self.d_model * (1 if self.tie_embeddings else 2)
     return self.n_layers * (attn + mlp + 2 * self.d_model) + emb + self.d_model
+
+
+def default_config():
+  """The `model` section of a run's config (ml_collections, no JAX): which policy, and in which dtypes."""
+  import ml_collections  # noqa: PLC0415  (keeps ModelConfig free of ml_collections for model-only users)
+  c = ml_collections.ConfigDict()
+  c.name = "smollm2-135m"       # short name, HF directory (safetensors), .gguf file, or 'tiny'
+  c.param_dtype = "float32"     # storage of the (frozen) params: float32 | bfloat16
+  c.compute_dtype = "float32"   # activations and matmuls: float32 | bfloat16
+  c.tiny = ml_collections.ConfigDict(dict(  # name='tiny': a random model for tests and smoke runs
+      vocab_size=512, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128, max_seq_len=2048, seed=0))
+  return c
+
+
+def validate_section(c, prefix: str = "config.model") -> None:
+  """Checks of the `model` section that need no checkpoint; errors name the field."""
+  if not c.name:
+    raise ValueError(f"{prefix}.name: empty")
+  for f in ("param_dtype", "compute_dtype"):
+    if c[f] not in ("float32", "bfloat16"):
+      raise ValueError(f"{prefix}.{f}: expected 'float32' or 'bfloat16', got {c[f]!r}")
+  if c.name == "tiny":
+    t = c.tiny
+    if t.d_model % t.n_heads or t.n_heads % t.n_kv_heads:
+      raise ValueError(f"{prefix}.tiny: d_model {t.d_model} must divide by n_heads {t.n_heads}, and n_heads by "
+                       f"n_kv_heads {t.n_kv_heads}")

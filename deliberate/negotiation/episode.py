@@ -19,27 +19,6 @@ from deliberate.sampling.engine import Request, SamplingEngine
 from deliberate.sampling.sampler import SamplingParams
 
 
-
-def default_config() -> ml_collections.ConfigDict:
-  """The paper's protocol (NOTES.md). Values the paper does not disclose are marked as ours."""
-  c = ml_collections.ConfigDict()
-  c.group_size = 8                  # G dialogues per (dilemma, persona pair)
-  c.max_turns = 7                   # N: at most 7 turns, Agent 1 first
-  c.context_turns = 2               # each turn sees only the two most recent turns
-  c.turn_temperature = 0.7
-  c.turn_top_p = 0.95
-  c.max_turn_tokens = 128           # not disclosed: ours
-  c.completion_temperature = 0.1
-  c.completion_top_p = 0.95
-  c.max_completion_tokens = 256     # not disclosed: ours
-  c.agreement_judge_turns = 0       # turns shown to the agreement judge (0 = the whole dialogue); not disclosed
-  c.failed_policy = "exclude"       # a dialogue whose judge failed: 'exclude' from its group, or score 'zero'
-  c.agent1_only = False             # ablation: mask Agent 2's turns out of the loss
-  c.overlap_judge = False           # sample the next turn while the agreement judge runs (speculative; pays off
-                                    # with a slow remote judge, wastes compute with a fast local one)
-  return c
-
-
 @dataclasses.dataclass
 class Turn:
   agent: int                         # 1 or 2
@@ -89,6 +68,16 @@ class Dialogue:
 
   def persona(self, agent: int) -> Mapping[str, Any]:
     return self.agent1 if agent == 1 else self.agent2
+
+
+def eval_items(tasks: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
+  """Negotiator items from evaluation tasks: Agent 1 always plays the pair's persona 'a' (no role swap)."""
+  items = []
+  for i, t in enumerate(tasks):
+    if not isinstance(t.get("pair"), Mapping) or "a" not in t["pair"] or "b" not in t["pair"]:
+      raise ValueError(f"evaluation task {t.get('id', i)!r}: no persona pair with 'a' and 'b' under 'pair'")
+    items.append({"dilemma": {k: v for k, v in t.items() if k != "pair"}, "pair": t["pair"]})
+  return items
 
 
 def _judge_turns(d: Dialogue, limit: int) -> list[dict[str, Any]]:

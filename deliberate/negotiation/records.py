@@ -4,6 +4,7 @@ from __future__ import annotations
 import glob
 import json
 import os
+import textwrap
 from typing import Any, Iterator
 
 from deliberate.negotiation.episode import Dialogue
@@ -22,6 +23,22 @@ def dialogue_record(d: Dialogue, step: int) -> dict[str, Any]:
       "score": d.score, "reward": d.reward, "ca_latency_s": round(d.ca_latency_s, 4),
       "failed": d.failed, "failure": d.failure, "excluded": d.excluded,
   }
+
+
+def format_record(r: dict) -> str:
+  """A dialogue record for a human reader."""
+  lines = [f"== step {r['step']} dialogue {r['index']} (group {r['group']}) | dilemma {r['dilemma_id']} | "
+           f"pair {r['pair_id']}: {r['agent1']} vs {r['agent2']}"]
+  for i, t in enumerate(r["turns"], 1):
+    verdict = {True: "agreed", False: "no agreement", None: f"judge failed ({t.get('judge_failure')})"}[t["agreed"]]
+    lines.append(f"-- turn {i}, Agent {t['agent']} [{verdict}]")
+    lines.append(textwrap.fill(t["text"], 100, initial_indent="   ", subsequent_indent="   "))
+  if r.get("completion"):
+    lines.append("-- final completion (Agent 1)")
+    lines.append(textwrap.fill(r["completion"], 100, initial_indent="   ", subsequent_indent="   "))
+  status = "FAILED: " + r["failure"] if r["failed"] else ("agreed" if r["agreed"] else "no agreement")
+  lines.append(f"-- {status} after {r['rounds']} turns | CA score {r['score']} | reward {r['reward']}")
+  return "\n".join(lines)
 
 
 class RecordWriter:

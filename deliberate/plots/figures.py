@@ -1,4 +1,4 @@
-"""Paper-style figures (NOTES.md, Figures 2-5) from a run's metrics.jsonl and an evaluation's cross_judge.jsonl.
+"""Paper-style figures (Figures 2-5 of the paper; docs/protocol.md) from a run's metrics.jsonl and an evaluation's cross_judge.jsonl.
 
 Figures are built on `matplotlib.figure.Figure` (no pyplot state, no backend needed): display them in a notebook
 with `display(fig)`, or pass `path` to write a PNG.

@@ -19,7 +19,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-NORM_MODES = ("token_sum", "seq_mean_token_mean", "constant")
+from deliberate.rl import batch as batch_lib
+from deliberate.rl.config import NORM_MODES
+
 Metrics = dict[str, dict[str, jax.Array]]
 
 
@@ -40,34 +42,15 @@ class LossConfig:
       raise ValueError("LossConfig: clip_eps_low, clip_eps_high and beta must be >= 0")
 
 
-_BT_FIELDS = {"tokens_BxT": np.int32, "positions_BxT": np.int32, "loss_mask_BxT": np.float32,
-              "old_logprobs_BxT": np.float32}
-_B_FIELDS = {"advantages_B": np.float32, "seq_ids_B": np.int32}
-
-
 def prepare_batch(batch: Mapping[str, Any], cfg: LossConfig) -> dict[str, np.ndarray]:
-  """Checks a host batch and adds `loss_weights_B` and `norm_counts_B`; errors name the faulty field."""
-  out = {}
-  for name, dtype in {**_BT_FIELDS, **_B_FIELDS}.items():
-    if name not in batch:
-      raise ValueError(f"training batch: missing field {name!r}")
-    out[name] = np.asarray(batch[name]).astype(dtype)
-  b, t = out["tokens_BxT"].shape
-  for name in _BT_FIELDS:
-    if out[name].shape != (b, t):
-      raise ValueError(f"training batch: {name} has shape {out[name].shape}, expected {(b, t)}")
-  for name in _B_FIELDS:
-    if out[name].shape != (b,):
-      raise ValueError(f"training batch: {name} has shape {out[name].shape}, expected {(b,)}")
-  sample_w = np.asarray(batch.get("sample_weights_B", np.ones(b)), np.float32)
-  if sample_w.shape != (b,):
-    raise ValueError(f"training batch: sample_weights_B has shape {sample_w.shape}, expected {(b,)}")
-  if cfg.beta > 0:
-    if "ref_logprobs_BxT" not in batch:
-      raise ValueError("training batch: beta > 0 needs field 'ref_logprobs_BxT'")
-    out["ref_logprobs_BxT"] = np.asarray(batch["ref_logprobs_BxT"], np.float32)
-    if out["ref_logprobs_BxT"].shape != (b, t):
-      raise ValueError(f"training batch: ref_logprobs_BxT has shape {out['ref_logprobs_BxT'].shape}")
+  """Checks a host batch (rl/batch.py's schema) and adds `loss_weights_B` and `norm_counts_B`; errors name the
+  faulty field."""
+  if cfg.beta > 0 and "ref_logprobs_BxT" not in batch:
+    raise ValueError("training batch: beta > 0 needs field 'ref_logprobs_BxT'")
+  out = batch_lib.check(batch, optional=[k for k in ("ref_logprobs_BxT", "sample_weights_B")
+                                         if k in batch and (cfg.beta > 0 or k != "ref_logprobs_BxT")])
+  b = out["tokens_BxT"].shape[0]
+  sample_w = out.pop("sample_weights_B", np.ones(b, np.float32))
   mask = out["loss_mask_BxT"]
   if np.any(mask[:, 0] != 0):
     raise ValueError("training batch: loss_mask_BxT marks position 0, which has no preceding token to predict it")

@@ -7,15 +7,8 @@ import jax
 import ml_collections
 import optax
 
-SCHEDULES = ("cosine", "constant")
-
-
-def default_config() -> ml_collections.ConfigDict:
-  return ml_collections.ConfigDict({
-      "learning_rate": 5e-6, "warmup_steps": 0, "total_steps": 1900, "schedule": "constant",
-      "end_lr_ratio": 0.0,  # cosine: final lr as a fraction of the peak
-      "b1": 0.9, "b2": 0.999, "eps": 1e-8, "weight_decay": 0.0, "max_grad_norm": 1.0,
-  })
+from deliberate.rl.config import SCHEDULES
+from deliberate.rl.config import optim_config as default_config  # noqa: F401  (the section's defaults)
 
 
 def make_schedule(cfg: ml_collections.ConfigDict) -> optax.Schedule:

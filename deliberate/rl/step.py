@@ -18,16 +18,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
-from jax.sharding import AxisType, Mesh, NamedSharding, PartitionSpec as P
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
+from deliberate.mesh import BATCH_AXES, make_mesh  # noqa: F401  (make_mesh: the one mesh helper)
 from deliberate.model.config import ModelConfig
 from deliberate.rl import logprobs, lora
+from deliberate.rl.batch import graph_batch
 from deliberate.rl import loss as loss_lib
 
 State = dict[str, Any]
-GRAPH_FIELDS = ("tokens_BxT", "positions_BxT", "loss_mask_BxT", "old_logprobs_BxT", "advantages_B",
-                "loss_weights_B", "norm_counts_B", "ref_logprobs_BxT")
-BATCH_AXES = ("data", "fsdp")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,10 +98,6 @@ def _update(state: State, grads, value, optimizer: optax.GradientTransformation)
   return new_state, {"skipped": 1.0 - finite.astype(jnp.float32), "grad_norm": optax.tree.norm(grads)}
 
 
-def _graph_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
-  return {k: batch[k] for k in GRAPH_FIELDS if k in batch}
-
-
 def _check_rows(rows: int, shards: int, cfg: StepConfig) -> None:
   if rows % (shards * cfg.num_micro_batches):
     raise ValueError(f"training batch: {rows} rows do not split into {shards} shards x "
@@ -144,19 +139,13 @@ def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, dev
     rows = batch["tokens_BxT"].shape[0]
     _check_rows(rows, n, cfg)
     k = logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple)
-    local = jax.tree.map(lambda x: np.asarray(x).reshape(n, rows // n, *x.shape[1:]), _graph_batch(batch))
+    local = jax.tree.map(lambda x: np.asarray(x).reshape(n, rows // n, *x.shape[1:]), graph_batch(batch))
     return pstep(state, frozen, local, k)
 
   return step
 
 
 # ------------------------------------------------------------------------------------------------ jit over a Mesh
-
-def make_mesh(data: int, fsdp: int, devices: list | None = None) -> Mesh:
-  """A (data, fsdp) mesh with Auto axes, so jit may propagate shardings through unannotated code."""
-  devices = devices or jax.devices()[:data * fsdp]
-  return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
-
 
 def fsdp_spec(path: str, shape: tuple[int, ...], fsdp: int, min_size: int = 4096) -> P:
   """Shards the largest fsdp-divisible dim; never the stacked layer axis, which lax.scan slices."""
@@ -217,6 +206,6 @@ def make_sharded_step(optimizer: optax.GradientTransformation, cfg: StepConfig, 
       fn = functools.partial(step_fn, param_shardings=shardings["params"])
       cache["fn"] = jax.jit(fn, static_argnums=(3,), donate_argnums=(0,),
                             out_shardings=(shardings, NamedSharding(mesh, P())))
-    return cache["fn"](state, frozen, jax.device_put(_graph_batch(batch), rows_sharding), k)
+    return cache["fn"](state, frozen, jax.device_put(graph_batch(batch), rows_sharding), k)
 
   return step

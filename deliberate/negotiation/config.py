@@ -1,0 +1,43 @@
+"""The negotiation section of a run's config: the protocol of docs/protocol.md. Importable without JAX."""
+from __future__ import annotations
+
+import ml_collections
+
+FAILED_POLICIES = ("exclude", "zero")
+
+
+def default_config() -> ml_collections.ConfigDict:
+  """The paper's protocol; values the paper does not disclose are marked as ours (docs/protocol.md)."""
+  c = ml_collections.ConfigDict()
+  c.group_size = 8                  # G dialogues per (dilemma, persona pair)
+  c.max_turns = 7                   # N: at most 7 turns, Agent 1 first
+  c.context_turns = 2               # each turn sees only the two most recent turns
+  c.turn_temperature = 0.7
+  c.turn_top_p = 0.95
+  c.max_turn_tokens = 128           # not disclosed: ours
+  c.completion_temperature = 0.1
+  c.completion_top_p = 0.95
+  c.max_completion_tokens = 256     # not disclosed: ours
+  c.agreement_judge_turns = 0       # turns shown to the agreement judge (0 = the whole dialogue); not disclosed
+  c.failed_policy = "exclude"       # a dialogue whose judge failed: 'exclude' from its group, or score 'zero'
+  c.agent1_only = False             # ablation: mask Agent 2's turns out of the loss
+  c.overlap_judge = False           # sample the next turn while the agreement judge runs (speculative; pays off
+                                    # with a slow remote judge, wastes compute with a fast local one)
+  return c
+
+
+def validate(c: ml_collections.ConfigDict, prefix: str = "config.negotiation") -> None:
+  """Errors name the field at fault."""
+  if c.group_size < 1:
+    raise ValueError(f"{prefix}.group_size: must be >= 1, got {c.group_size}")
+  for f in ("max_turns", "max_turn_tokens", "max_completion_tokens"):
+    if c[f] < 1:
+      raise ValueError(f"{prefix}.{f}: must be >= 1, got {c[f]}")
+  for f in ("context_turns", "agreement_judge_turns"):
+    if c[f] < 0:
+      raise ValueError(f"{prefix}.{f}: must be >= 0, got {c[f]}")
+  for f in ("turn_top_p", "completion_top_p"):
+    if not 0 < c[f] <= 1:
+      raise ValueError(f"{prefix}.{f}: must be in (0, 1], got {c[f]}")
+  if c.failed_policy not in FAILED_POLICIES:
+    raise ValueError(f"{prefix}.failed_policy: {c.failed_policy!r} is not 'exclude' or 'zero'")

@@ -1,0 +1,104 @@
+"""The training batch: one typed definition of its rows, fields, shapes and padding, for collation, the loss and
+both steps.
+
+A `Row` is one sampled response with the prompt it answered (token ids as sampled, never re-tokenised), its
+sampling log-probs and the index of the sequence whose advantage it takes (a dialogue, or a single-agent answer).
+`collate` pads rows to a bucketed (B, T) so a run compiles a handful of programs; the loss mask marks the position
+of each target token, aligned with the sampling log-probs, and padding rows have an all-zero mask.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from deliberate.sampling.engine import bucket_batch, bucket_length  # the one bucketing rule of the codebase
+
+
+@dataclasses.dataclass
+class Row:
+  prompt_ids: list[int]
+  response_ids: list[int]
+  logprobs: list[float]         # sampling (tempered-policy) log-probs of response_ids
+  sequence: int                 # index of its sequence: the row takes that sequence's advantage
+  agent: int = 1                # the speaker (negotiation), 1 elsewhere
+  trained: bool = True          # False: kept for inspection but masked out (e.g. the agent1_only ablation)
+
+
+# name -> (dtype, axes). B: rows, T: positions. What every producer writes and every consumer reads.
+INPUT_FIELDS = {
+    "tokens_BxT": (np.int32, "BT"),
+    "positions_BxT": (np.int32, "BT"),       # -1 marks padding
+    "loss_mask_BxT": (np.float32, "BT"),     # 1 on target positions that carry gradient
+    "old_logprobs_BxT": (np.float32, "BT"),  # the sampler's log-probs at the target positions
+    "advantages_B": (np.float32, "B"),
+    "seq_ids_B": (np.int32, "B"),            # the row's sequence (-1 for padding rows)
+}
+OPTIONAL_FIELDS = {
+    "ref_logprobs_BxT": (np.float32, "BT"),  # beta > 0: the reference policy's log-probs
+    "sample_weights_B": (np.float32, "B"),   # per-row weights (default 1)
+}
+DERIVED_FIELDS = {                           # written by rl/loss.py:prepare_batch from the whole batch
+    "loss_weights_B": (np.float32, "B"),
+    "norm_counts_B": (np.float32, "B"),
+}
+# What the compiled step reads; everything else stays on the host.
+GRAPH_FIELDS = ("tokens_BxT", "positions_BxT", "loss_mask_BxT", "old_logprobs_BxT", "advantages_B",
+                "loss_weights_B", "norm_counts_B", "ref_logprobs_BxT")
+
+
+def check(batch: Mapping[str, Any], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
+  """The input fields (and the named optional ones), cast to their dtypes; errors name the faulty field."""
+  out = {}
+  specs = {**INPUT_FIELDS, **{k: OPTIONAL_FIELDS[k] for k in optional}}
+  for name, (dtype, _) in specs.items():
+    if name not in batch:
+      raise ValueError(f"training batch: missing field {name!r}")
+    out[name] = np.asarray(batch[name]).astype(dtype)
+  b, t = out["tokens_BxT"].shape
+  for name, (_, axes) in specs.items():
+    want = (b, t) if axes == "BT" else (b,)
+    if out[name].shape != want:
+      raise ValueError(f"training batch: {name} has shape {out[name].shape}, expected {want}")
+  return out
+
+
+def graph_batch(batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+  """The fields the compiled step reads."""
+  return {k: batch[k] for k in GRAPH_FIELDS if k in batch}
+
+
+def padded_shape(rows: Sequence[Row], multiple: int) -> tuple[int, int]:
+  """(B, T) buckets for the trained rows: B a multiple of `multiple` (shards x micro-batches)."""
+  trained = [r for r in rows if r.trained]
+  return (bucket_batch(len(trained), multiple),
+          bucket_length(max(len(r.prompt_ids) + len(r.response_ids) for r in trained)))
+
+
+def collate(rows: Sequence[Row], advantages: Sequence[float], *, pad_id: int = 0, length: int | None = None,
+            batch: int | None = None, drop_untrained: bool = True) -> dict[str, np.ndarray]:
+  """Right-padded arrays for the GRPO step. `advantages[s]` is sequence s's advantage.
+
+  Rows with nothing to train are dropped unless `drop_untrained=False`. `length` and `batch` pad to fixed shapes so
+  the step compiles once; padding rows have an all-zero mask.
+  """
+  rows = [r for r in rows if r.trained] if drop_untrained else list(rows)
+  need = max((len(r.prompt_ids) + len(r.response_ids) for r in rows), default=1)
+  t = length or need
+  if need > t:
+    raise ValueError(f"collate: a row of {need} tokens exceeds the step's length {t}")
+  b = max(batch or len(rows), len(rows))
+  out = {"tokens_BxT": np.full((b, t), pad_id, np.int32), "positions_BxT": np.full((b, t), -1, np.int32),
+         "loss_mask_BxT": np.zeros((b, t), np.float32), "old_logprobs_BxT": np.zeros((b, t), np.float32),
+         "advantages_B": np.zeros((b,), np.float32), "seq_ids_B": np.full((b,), -1, np.int32)}
+  for i, r in enumerate(rows):
+    p, n = len(r.prompt_ids), len(r.response_ids)
+    out["tokens_BxT"][i, :p + n] = r.prompt_ids + r.response_ids
+    out["positions_BxT"][i, :p + n] = np.arange(p + n)
+    if r.trained:
+      out["loss_mask_BxT"][i, p:p + n] = 1.0
+    out["old_logprobs_BxT"][i, p:p + n] = r.logprobs
+    out["advantages_B"][i] = advantages[r.sequence]
+    out["seq_ids_B"][i] = r.sequence
+  return out

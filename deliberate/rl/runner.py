@@ -1,0 +1,147 @@
+"""One step runner: where the GRPO step runs (pmap over replicated params, or jit over a sharded mesh) is decided
+here and nowhere else. The trainer sees one interface: build it, `step(batch)`, read `state` back, `restore`.
+
+A runner owns the train state {"params": trainable, "opt_state"} and the frozen base under LoRA, on its devices.
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Mapping
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+
+from deliberate.mesh import make_mesh
+from deliberate.rl import logprobs as lp_lib, lora as lora_lib, loss as loss_lib
+from deliberate.rl import step as step_lib
+
+
+class StepRunner:
+  """Common part: the trainable/frozen split, the optional reference log-probs, the host view of the state."""
+  kind = ""
+  donates = False     # True: a step frees the state's buffers, so samplers must hold their own copy
+
+  def __init__(self, params: Any, optimizer: optax.GradientTransformation, cfg: step_lib.StepConfig,
+               key: jax.Array, *, reference: bool = False):
+    self.cfg = cfg
+    state, self.frozen = step_lib.init_state(params, optimizer, cfg, key)
+    self.state = self._place_state(state, optimizer)
+    self._frozen_dev = self._place_frozen(self.frozen)
+    self._step = self._make_step(optimizer)
+    # beta > 0: log-probs of the reference (the base under LoRA, else the initial params)
+    self._ref_params = (params if cfg.lora is None else self.frozen) if reference else None
+    self._ref_fn = jax.jit(lambda p, b, k: lp_lib.token_logprobs(
+        p, b["tokens_BxT"], b["positions_BxT"], b["loss_mask_BxT"], config=cfg.model, targets_per_row=k,
+        temperature=cfg.temperature)[0], static_argnums=2) if reference else None
+
+  # --- what each kind defines
+  num_shards: int = 1
+
+  def _place_state(self, state, optimizer):
+    raise NotImplementedError
+
+  def _place_frozen(self, frozen):
+    raise NotImplementedError
+
+  def _make_step(self, optimizer):
+    raise NotImplementedError
+
+  def host_state(self) -> dict[str, Any]:
+    """The state as one copy (what is checkpointed)."""
+    return self.state
+
+  def load_state(self, state: dict[str, Any]) -> None:
+    """Puts a restored host state (from `host_state`'s structure) back on the devices."""
+    self.state = state
+
+  # --- shared
+  def add_reference(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """Adds `ref_logprobs_BxT` when the objective has a KL term."""
+    if self._ref_fn is None:
+      return batch
+    k = lp_lib.targets_per_row(batch["loss_mask_BxT"], self.cfg.targets_multiple)
+    return {**batch, "ref_logprobs_BxT": np.asarray(self._ref_fn(self._ref_params, batch, k))}
+
+  def step(self, batch: Mapping[str, np.ndarray]) -> dict[str, float]:
+    """One update on a batch from `loss.prepare_batch`; host-side metrics."""
+    self.state, metrics = self._step(self.state, self._frozen_dev, batch)
+    return loss_lib.finalize_metrics(self._first(jax.device_get(metrics)))
+
+  def _first(self, metrics):
+    return metrics
+
+  def sampling_params(self) -> Any:
+    """The params both agents sample with: the trainable params, or LoRA merged into the frozen base."""
+    trainable = self.host_state()["params"]
+    if self.cfg.lora is None:  # a copy when the step donates (frees) the state's buffers
+      return jax.tree.map(jnp.copy, trainable) if self.donates else trainable
+    return lora_lib.merge(self.frozen, trainable, self.cfg.lora.alpha, self.cfg.lora.rank)
+
+
+class PmapRunner(StepRunner):
+  """Params replicated on every local device; rows split over them; gradients psum'd."""
+  kind = "pmap"
+
+  def _place_state(self, state, optimizer):
+    self.num_shards = jax.local_device_count()
+    return step_lib.replicate(state)
+
+  def _place_frozen(self, frozen):
+    return step_lib.replicate(frozen) if frozen is not None else None
+
+  def _make_step(self, optimizer):
+    return step_lib.make_pmap_step(optimizer, self.cfg)
+
+  def _first(self, metrics):
+    return jax.tree.map(lambda x: np.asarray(x)[0], metrics)
+
+  def host_state(self):
+    return step_lib.unreplicate(self.state)
+
+  def load_state(self, state):
+    self.state = step_lib.replicate(state)
+
+
+class ShardedRunner(StepRunner):
+  """jit over a (data, fsdp) mesh: rows over both axes, trainable params and optimizer state split along fsdp."""
+  kind = "sharded"
+  donates = True
+
+  def __init__(self, *args, mesh_data: int = 0, mesh_fsdp: int = 1, **kwargs):
+    self.mesh = make_mesh(mesh_data, mesh_fsdp)
+    super().__init__(*args, **kwargs)
+
+  def _place_state(self, state, optimizer):
+    self.num_shards = self.mesh.size
+    return step_lib.init_sharded_state(state["params"], optimizer, self.mesh)
+
+  def _place_frozen(self, frozen):
+    return frozen
+
+  def _make_step(self, optimizer):
+    return step_lib.make_sharded_step(optimizer, self.cfg, self.mesh)
+
+
+RUNNERS: dict[str, type[StepRunner]] = {"pmap": PmapRunner, "sharded": ShardedRunner}
+
+
+def make_runner(rl: ml_collections.ConfigDict, params: Any, optimizer: optax.GradientTransformation,
+                cfg: step_lib.StepConfig, key: jax.Array) -> StepRunner:
+  """The runner `config.rl.step` names, over `config.rl.mesh_*` for the sharded kind."""
+  kwargs: dict[str, Any] = dict(reference=rl.beta > 0)
+  if rl.step == "sharded":
+    kwargs.update(mesh_data=rl.mesh_data, mesh_fsdp=rl.mesh_fsdp)
+  return RUNNERS[rl.step](params, optimizer, cfg, key, **kwargs)
+
+
+def step_config(rl: ml_collections.ConfigDict, model, temperature: float) -> step_lib.StepConfig:
+  """The compiled step's static config from `config.rl` (and the mode's sampling temperature)."""
+  lora = (lora_lib.LoraConfig(rank=rl.lora_rank, alpha=rl.lora_alpha, targets=tuple(rl.lora_targets.split(",")))
+          if rl.lora_rank > 0 else None)
+  loss = loss_lib.LossConfig(clip_eps_low=rl.clip_eps_low, clip_eps_high=rl.clip_eps_high, beta=rl.beta,
+                             norm_mode=rl.norm_mode, norm_constant=rl.norm_constant)
+  return step_lib.StepConfig(model=model, loss=loss, lora=lora, num_micro_batches=rl.micro_batches, remat=rl.remat,
+                             token_chunk=rl.token_chunk or None, temperature=temperature)
