@@ -1,4 +1,4 @@
-"""Figures from a synthetic metrics.jsonl and cross_judge.jsonl; the notebook's cells run against them."""
+"""Figures from a metrics.jsonl written by the trainer's MetricsWriter and a cross_judge.jsonl in the suite's format."""
 import json
 import os
 
@@ -6,27 +6,36 @@ import numpy as np
 import pytest
 from matplotlib.collections import PathCollection
 
+from deliberate import metric_names as M, metrics_writer
 from deliberate.plots import figures
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PNG = b"\x89PNG\r\n\x1a\n"
 
 
-def _write_metrics(workdir, steps=120, eval_metrics=False):
-  os.makedirs(workdir, exist_ok=True)
+def write_run(workdir, steps=120, eval_metrics=False, ca_metrics=True, judge_backend="lexicon"):
+  """A run's metrics.jsonl written by the trainer's own MetricsWriter under the metric_names, and its config.json's
+  judge section. Evaluation CA differs from the evaluation reward (non-agreeing completions score, not 0)."""
   rng = np.random.default_rng(0)
-  with open(os.path.join(workdir, "metrics.jsonl"), "w") as f:
-    for s in range(1, steps + 1):
-      row = {"step": s, "reward/group_min": float(rng.uniform(0, 2)), "reward/group_mean": float(rng.uniform(2, 3)),
-             "reward/group_max": float(rng.uniform(3, 5)), "negotiation/agreement_rate": s / steps,
-             "negotiation/mean_rounds_to_agreement": None if s == 3 else 2.5 - s / steps, "loss": 0.1}
-      if eval_metrics:
-        row.update({f"eval/{k}": v for k, v in row.items() if k != "step"})
-      f.write(json.dumps(row) + "\n")
-    f.write(json.dumps({"step": 5, "negotiation/agreement_rate": 0.99}) + "\n")  # a resumed run rewrote step 5
+  writer = metrics_writer.MetricsWriter(workdir, steps, use_tensorboard=False)
+  for s in range(1, steps + 1):
+    row = {M.REWARD_GROUP_MIN: float(rng.uniform(0, 2)), M.REWARD_GROUP_MEAN: float(rng.uniform(2, 3)),
+           M.REWARD_GROUP_MAX: float(rng.uniform(3, 5)), M.AGREEMENT_RATE: s / steps,
+           M.ROUNDS_TO_AGREEMENT: float("nan") if s == 3 else 2.5 - s / steps, "loss": 0.1}
+    if eval_metrics:
+      ev = {M.REWARD_GROUP_MIN: 0.0, M.REWARD_GROUP_MEAN: 1.0 + s / steps, M.REWARD_GROUP_MAX: 3.0,
+            M.AGREEMENT_RATE: 0.5, M.ROUNDS_TO_AGREEMENT: 3.0}
+      if ca_metrics:
+        ev.update({M.CA_GROUP_MIN: 1.0, M.CA_GROUP_MEAN: 2.0 + s / steps, M.CA_GROUP_MAX: 4.5})
+      row.update({M.EVAL_PREFIX + k: v for k, v in ev.items()})
+    writer.write(s, row)
+  writer.write(5, {M.AGREEMENT_RATE: 0.99})  # a resumed run rewrote step 5
+  writer.close()
+  with open(os.path.join(workdir, "config.json"), "w") as f:
+    json.dump({"judge": {"embedded": True, "embedded_backend": judge_backend, "model": "gpt-4o-mini"}}, f)
 
 
-def _write_cross(path):
+def write_cross(path):
   rows = [(2, [2, 3]), (3, [3, 3]), (3, [4, None]), (4, [3, 4]), (5, [5, 4]), (5, [3, 3])]
   with open(path, "w") as f:
     for train, strong in rows:
@@ -34,7 +43,7 @@ def _write_cross(path):
 
 
 def test_load_metrics_and_running_average(tmp_path):
-  _write_metrics(str(tmp_path))
+  write_run(str(tmp_path))
   m = figures.load_metrics(str(tmp_path))
   assert m["step"].tolist() == list(range(1, 121))
   assert m["negotiation/agreement_rate"][4] == 0.99 and np.isnan(m["reward/group_min"][4])  # last line of step 5
@@ -50,7 +59,7 @@ def test_load_metrics_and_running_average(tmp_path):
 
 
 def test_training_dynamics_figure(tmp_path):
-  _write_metrics(str(tmp_path), eval_metrics=True)
+  write_run(str(tmp_path), eval_metrics=True)
   m = figures.load_metrics(str(tmp_path))
   png = str(tmp_path / "fig2.png")
   fig = figures.training_dynamics(m, window=50, prefix="eval/", path=png)
@@ -65,15 +74,39 @@ def test_training_dynamics_figure(tmp_path):
     figures.training_dynamics({"step": np.arange(3), "loss": np.zeros(3)})
 
 
+def test_figure2_draws_evaluation_ca_not_reward(tmp_path):
+  """Panel (a) is eval/ca/* (completions scored whether or not they agreed); only a run without them falls back
+  to eval/reward/*, and the axis says so."""
+  run = str(tmp_path / "run")
+  write_run(run, eval_metrics=True)
+  m = figures.load_metrics(run)
+  fig = figures.figure2(run, window=10, path=str(tmp_path / "fig2.png"))
+  ca = fig.axes[0]
+  np.testing.assert_allclose(ca.lines[1].get_ydata(), figures.running_average(m["eval/ca/group_mean"], 10))
+  assert not np.allclose(ca.lines[1].get_ydata(), figures.running_average(m["eval/reward/group_mean"], 10))
+  np.testing.assert_allclose(ca.lines[0].get_ydata(), 1.0)
+  assert ca.get_ylabel() == "CA score"
+  assert figures.LEXICON_LABEL in fig.get_suptitle() and "Figure 2" in fig.get_suptitle()
+  old = str(tmp_path / "old")
+  write_run(old, eval_metrics=True, ca_metrics=False, judge_backend="model")
+  fig = figures.figure2(old, window=10)
+  np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(),
+                             figures.running_average(figures.load_metrics(old)["eval/reward/group_mean"], 10))
+  assert "else 0" in fig.axes[0].get_ylabel() and "lexicon" not in fig.get_suptitle()
+  with pytest.raises(ValueError, match="metrics have no 'eval/ca/group_min'"):
+    figures.training_dynamics(figures.load_metrics(old), prefix="eval/", ca_source="ca")
+  assert os.path.getsize(tmp_path / "fig2.png") > 10000
+
+
 def test_single_agent_figure(tmp_path):
-  _write_metrics(str(tmp_path))
+  write_run(str(tmp_path))
   fig = figures.single_agent_dynamics(figures.load_metrics(str(tmp_path)), path=str(tmp_path / "fig4.png"))
   assert len(fig.axes) == 1 and [line.get_linestyle() for line in fig.axes[0].lines] == ["--", "-", "-."]
   assert os.path.getsize(tmp_path / "fig4.png") > 1000
 
 
 def test_cross_judge_figure(tmp_path):
-  _write_cross(str(tmp_path / "cross_judge.jsonl"))
+  write_cross(str(tmp_path / "cross_judge.jsonl"))
   train, strong = figures.load_cross_judge(str(tmp_path / "cross_judge.jsonl"))
   assert len(train) == len(strong) == 11  # one pass failed
   fig = figures.cross_judge(train, strong, path=str(tmp_path / "fig3.png"))
@@ -89,27 +122,3 @@ def test_cross_judge_figure(tmp_path):
   assert sum(int(t.get_text()) for t in heat.texts) == 11
   with open(tmp_path / "fig3.png", "rb") as f:
     assert f.read(8) == PNG
-
-
-def test_notebook_is_valid_and_its_cells_run(tmp_path, monkeypatch):
-  with open(os.path.join(ROOT, "notebooks", "reproduce_figures.ipynb")) as f:
-    nb = json.load(f)
-  assert nb["nbformat"] == 4 and nb["metadata"]["kernelspec"]["name"] == "python3"
-  assert all(c["cell_type"] in ("markdown", "code") and isinstance(c["source"], list) for c in nb["cells"])
-  code = ["".join(c["source"]) for c in nb["cells"] if c["cell_type"] == "code"]
-  assert "pip install" in code[0]
-  run, single, ev, figs = (str(tmp_path / d) for d in ("run", "single", "eval", "figs"))
-  _write_metrics(run, eval_metrics=True)
-  _write_metrics(single)
-  os.makedirs(ev)
-  _write_cross(os.path.join(ev, "cross_judge.jsonl"))
-  for name, value in (("RUN_DIR", run), ("SINGLE_RUN_DIR", single), ("EVAL_DIR", ev), ("FIG_DIR", figs)):
-    monkeypatch.setenv(f"DELIBERATE_{name}", value)
-  shown = []
-  namespace = {"display": shown.append}
-  for source in code:
-    exec(compile("\n".join(line for line in source.splitlines() if not line.lstrip().startswith(("%", "!"))),
-                 "notebook", "exec"), namespace)
-  assert len(shown) == 4 and all(type(f).__name__ == "Figure" for f in shown)
-  assert sorted(os.listdir(figs)) == ["figure2_eval_dynamics.png", "figure3_cross_judge.png",
-                                      "figure4_single_agent.png", "figure5_training_dynamics.png"]

@@ -1,7 +1,13 @@
 """Paper-style figures (Figures 2-5 of the paper; docs/protocol.md) from a run's metrics.jsonl and an evaluation's cross_judge.jsonl.
 
 Figures are built on `matplotlib.figure.Figure` (no pyplot state, no backend needed): display them in a notebook
-with `display(fig)`, or pass `path` to write a PNG.
+with `display(fig)`, or pass `path` to write a PNG. `figure2` .. `figure5` are one call per paper figure from a
+run's (or an evaluation's) directory; they name the judge that gave the scores, and the deterministic local judge
+(lexicon) as such.
+
+Figure 2's panel (a) is the CA of the evaluation completions (`eval/ca/group_*`: every completion written and
+scored, agreed or not). Runs logged before those metrics existed only have `eval/reward/group_*`, where a completion
+without agreement counts 0; such a run is drawn from them with the panel saying so.
 """
 from __future__ import annotations
 
@@ -12,12 +18,15 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from matplotlib.figure import Figure
 
+from deliberate import metric_names as M
 from deliberate.eval.stats import LEVELS, confusion  # the eval's own counting: figure and summary agree
 
-CA_KEYS = ("reward/group_min", "reward/group_mean", "reward/group_max")
+CA_KEYS = (M.CA_GROUP_MIN, M.CA_GROUP_MEAN, M.CA_GROUP_MAX)              # CA of the written, scored completions
+REWARD_KEYS = (M.REWARD_GROUP_MIN, M.REWARD_GROUP_MEAN, M.REWARD_GROUP_MAX)  # 0 without agreement
 CA_STYLES = (("min", "--"), ("mean", "-"), ("max", "-."))
-AGREEMENT_KEY = "negotiation/agreement_rate"
-ROUNDS_KEY = "negotiation/mean_rounds_to_agreement"
+AGREEMENT_KEY = M.AGREEMENT_RATE
+ROUNDS_KEY = M.ROUNDS_TO_AGREEMENT
+LEXICON_LABEL = "deterministic local judge (lexicon), not an LLM"
 
 
 def _lines(path: str):
@@ -80,23 +89,35 @@ def _save(fig: Figure, path: str | None) -> Figure:
   return fig
 
 
-def _ca_panel(ax, metrics: Mapping[str, np.ndarray], prefix: str, window: int) -> None:
+def ca_keys(metrics: Mapping[str, np.ndarray], prefix: str, source: str = "auto") -> tuple[tuple[str, ...], str]:
+  """(keys, y label) of the CA panel: 'ca' (CA scores), 'reward' (training reward, 0 without agreement), or 'auto':
+  the CA scores under the prefix when logged, else the rewards."""
+  if source not in ("auto", "ca", "reward"):
+    raise ValueError(f"ca source: {source!r} is not 'auto', 'ca' or 'reward'")
+  if source == "ca" or (source == "auto" and prefix + M.CA_GROUP_MEAN in metrics):
+    return tuple(prefix + k for k in CA_KEYS), "CA score"
+  return tuple(prefix + k for k in REWARD_KEYS), "reward (CA if agreed, else 0)"
+
+
+def _ca_panel(ax, metrics: Mapping[str, np.ndarray], prefix: str, window: int, source: str = "auto") -> None:
   steps = metrics["step"]
-  for key, (label, style) in zip(CA_KEYS, CA_STYLES):
-    ax.plot(steps, running_average(_series(metrics, prefix + key), window), style, color="C0", label=f"group {label}")
+  keys, ylabel = ca_keys(metrics, prefix, source)
+  for key, (label, style) in zip(keys, CA_STYLES):
+    ax.plot(steps, running_average(_series(metrics, key), window), style, color="C0", label=f"group {label}")
   ax.set_ylim(0, 5)
   ax.set_xlabel("step")
-  ax.set_ylabel("CA score")
+  ax.set_ylabel(ylabel)
   ax.legend(loc="lower right", fontsize="small")
 
 
 def training_dynamics(metrics: Mapping[str, np.ndarray], *, window: int = 50, prefix: str = "", title: str = "",
-                      path: str | None = None) -> Figure:
+                      path: str | None = None, ca_source: str = "auto", judge: str = "") -> Figure:
   """Figure 2/5: (a) CA group min (dashed) / mean (solid) / max (dash-dot), (b) agreement rate, (c) mean rounds to
-  agreement, each a `window`-step running average. `prefix` selects metrics logged under it (e.g. 'eval/')."""
-  fig = Figure(figsize=(13, 3.6), layout="constrained")
+  agreement, each a `window`-step running average. `prefix` selects metrics logged under it (e.g. 'eval/');
+  `ca_source` picks panel (a)'s series (see `ca_keys`); `judge` names the judge in the title."""
+  fig = Figure(figsize=(13, 3.8), layout="constrained")
   ax_ca, ax_agree, ax_rounds = fig.subplots(1, 3)
-  _ca_panel(ax_ca, metrics, prefix, window)
+  _ca_panel(ax_ca, metrics, prefix, window, ca_source)
   ax_ca.set_title("(a) Collective Agency")
   steps = metrics["step"]
   ax_agree.plot(steps, running_average(_series(metrics, prefix + AGREEMENT_KEY), window), color="C2")
@@ -106,18 +127,26 @@ def training_dynamics(metrics: Mapping[str, np.ndarray], *, window: int = 50, pr
   ax_rounds.set_title("(c) mean rounds to agreement")
   for ax in (ax_agree, ax_rounds):
     ax.set_xlabel("step")
-  if title:
-    fig.suptitle(title)
+  _title(fig, title, judge)
   return _save(fig, path)
 
 
+def _title(fig: Figure, title: str, judge: str) -> None:
+  text = "\n".join(t for t in (title, f"scores: {judge}" if judge else "") if t)
+  if text:
+    fig.suptitle(text)
+
+
 def single_agent_dynamics(metrics: Mapping[str, np.ndarray], *, window: int = 50, title: str = "",
-                          path: str | None = None) -> Figure:
-  """Figure 4: CA min / mean / max of the single-agent baseline's candidate groups, running averages."""
-  fig = Figure(figsize=(5.5, 3.6), layout="constrained")
+                          path: str | None = None, judge: str = "") -> Figure:
+  """Figure 4: CA min / mean / max of the single-agent baseline's candidate groups, running averages (its reward is
+  the CA score itself: no agreement step)."""
+  fig = Figure(figsize=(5.5, 3.8), layout="constrained")
   ax = fig.subplots()
   _ca_panel(ax, metrics, "", window)
-  ax.set_title(title or "single-agent Collective Agency")
+  ax.set_ylabel("CA score")
+  ax.set_title("single-agent Collective Agency")
+  _title(fig, title, judge)
   return _save(fig, path)
 
 
@@ -137,7 +166,7 @@ def load_cross_judge(path: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def cross_judge(train: Sequence[int], strong: Sequence[int], *, seed: int = 0, title: str = "",
-                path: str | None = None) -> Figure:
+                path: str | None = None, judges: tuple[str, str] = ("", "")) -> Figure:
   """Figure 3: (a) jittered scatter of strong vs training-judge scores with the strong judge's mean per training
   level, (b) confusion heatmap (rows: training judge, columns: strong judge) with counts."""
   train, strong = np.asarray(train, np.int64), np.asarray(strong, np.int64)
@@ -164,6 +193,58 @@ def cross_judge(train: Sequence[int], strong: Sequence[int], *, seed: int = 0, t
   ax_h.set(xticks=range(LEVELS), yticks=range(LEVELS), xlabel="strong-judge score", ylabel="training-judge score",
            title="(b) counts")
   fig.colorbar(im, ax=ax_h, shrink=0.8)
-  if title:
-    fig.suptitle(title)
+  _title(fig, title, " vs ".join(f"{k}: {v}" for k, v in zip(("training", "strong"), judges) if v))
   return _save(fig, path)
+
+
+def judge_name(model: str | None, embedded_backend: str = "") -> str:
+  """How a figure names a judge: the deterministic local judge as such, else its model name."""
+  if embedded_backend == "lexicon" or (model and "lexicon" in model):
+    return LEXICON_LABEL
+  return model or ""
+
+
+def run_judge(run_dir: str) -> str:
+  """The training judge of a run, from the config.json it saved ('' when it saved none)."""
+  path = os.path.join(run_dir, "config.json")
+  if not os.path.isfile(path):
+    return ""
+  with open(path, encoding="utf-8") as f:
+    judge = json.load(f).get("judge", {})
+  return judge_name(judge.get("model"), judge.get("embedded_backend", "") if judge.get("embedded") else "")
+
+
+def _eval_judges(eval_dir: str) -> tuple[str, str]:
+  path = os.path.join(eval_dir, "summary.json")
+  if not os.path.isfile(path):
+    return "", ""
+  with open(path, encoding="utf-8") as f:
+    s = json.load(f)
+  train = next((p.get("judge_model") for p in s.get("policies", {}).values() if p.get("judge_model")), "")
+  return judge_name(train), judge_name(s.get("strong_judge_model"))
+
+
+def figure2(run_dir: str, *, window: int = 50, path: str | None = None) -> Figure:
+  """Figure 2: evaluation-set dynamics during training, from a negotiation run's workdir."""
+  return training_dynamics(load_metrics(run_dir), window=window, prefix=M.EVAL_PREFIX, path=path,
+                           title="Evaluation-set dynamics (Figure 2)", judge=run_judge(run_dir))
+
+
+def figure3(eval_dir: str, *, path: str | None = None) -> Figure:
+  """Figure 3: cross-judge correspondence, from an evaluation workdir's cross_judge.jsonl."""
+  train, strong = load_cross_judge(os.path.join(eval_dir, "cross_judge.jsonl"))
+  return cross_judge(train, strong, path=path, title="Cross-judge correspondence (Figure 3)",
+                     judges=_eval_judges(eval_dir))
+
+
+def figure4(single_run_dir: str, *, window: int = 50, path: str | None = None) -> Figure:
+  """Figure 4: the single-agent baseline's CA during training, from its run's workdir."""
+  return single_agent_dynamics(load_metrics(single_run_dir), window=window, path=path,
+                               title="Single-agent CA (Figure 4)", judge=run_judge(single_run_dir))
+
+
+def figure5(run_dir: str, *, window: int = 50, path: str | None = None) -> Figure:
+  """Figure 5: training-set dynamics, from a negotiation run's workdir (panel (a): the training reward's groups
+  unless the run also logged CA scores)."""
+  return training_dynamics(load_metrics(run_dir), window=window, path=path,
+                           title="Training-set dynamics (Figure 5)", judge=run_judge(run_dir))
