@@ -5,9 +5,11 @@
 Ideal rate = in-flight / latency (1280 req/s at the defaults). The server (deliberate.judge.testing, raw asyncio
 streams) runs in its own process so its cost is not billed to the client. Prints the achieved rate, its fraction of
 the ideal (target >= 70 %), the client's overhead per call (wall time per call per in-flight slot, minus the
-server's delay) and the client process's CPU time per call.
+server's delay) and the client process's CPU time per call; then, in the same run, on the same server and load, the
+rate of the official `openai` SDK's AsyncOpenAI client (a test extra; skipped when not installed).
 """
 import argparse
+import asyncio
 import os
 import subprocess
 import sys
@@ -23,6 +25,35 @@ def _cpu_s(pid: int) -> float:
   """User + system CPU seconds of another process (Linux /proc)."""
   fields = open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()
   return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _sdk_rate(url: str, n: int, in_flight: int) -> tuple[float, int]:
+  """(req/s, failures) of openai.AsyncOpenAI with `in_flight` concurrent requests, after a warm-up round."""
+  import httpx
+  import openai
+
+  async def run() -> tuple[float, int]:
+    client = openai.AsyncOpenAI(base_url=url, api_key="unused", max_retries=3, timeout=10.0,
+                                http_client=httpx.AsyncClient(limits=httpx.Limits(max_connections=in_flight,
+                                                                                  max_keepalive_connections=in_flight)))
+    sem = asyncio.Semaphore(in_flight)
+
+    async def one(i: int) -> bool:
+      async with sem:
+        try:
+          r = await client.chat.completions.create(
+              model="m", messages=[{"role": "user", "content": f"id: s{i}\nrate this"}], max_tokens=512,
+              temperature=0.0)
+          return parsers.parse_score(r.choices[0].message.content) == 3
+        except Exception:
+          return False
+    await asyncio.gather(*(one(i) for i in range(in_flight)))  # warm-up: open the pool's connections
+    t0 = time.perf_counter()
+    ok = await asyncio.gather(*(one(i) for i in range(n)))
+    wall = time.perf_counter() - t0
+    await client.close()
+    return n / wall, n - sum(ok)
+  return asyncio.run(run())
 
 
 def main() -> None:
@@ -59,6 +90,13 @@ def main() -> None:
           f"{1e3 * args.latency:.0f} ms (time per call per in-flight slot, minus the server delay)")
     print(f"client CPU per call: {1e3 * cpu / n:.2f} ms ({cpu:.2f} s CPU over {wall:.2f} s wall); "
           f"server process CPU per call: {1e3 * server_cpu / n:.2f} ms; load average {os.getloadavg()[0]:.1f}")
+    try:
+      sdk_rate, sdk_failed = _sdk_rate(c.base_url, n, args.in_flight)
+    except ImportError:
+      print("openai SDK not installed (pip install -e '.[test]'): no SDK comparison")
+    else:
+      print(f"openai SDK AsyncOpenAI, same server and load: {sdk_rate:.0f} req/s ({sdk_failed} failed) = "
+            f"{100 * sdk_rate / ideal:.1f}% of ideal; ours {rate / sdk_rate:.2f}x the SDK's rate")
   finally:
     server.terminate()
     server.wait(10)
