@@ -107,7 +107,7 @@ def _ca_panel(ax, metrics: Mapping[str, np.ndarray], prefix: str, window: int, s
   ax.set_ylim(0, 5)
   ax.set_xlabel("step")
   ax.set_ylabel(ylabel)
-  ax.legend(loc="lower right", fontsize="small")
+  ax.legend(loc="best", fontsize="small")
 
 
 def training_dynamics(metrics: Mapping[str, np.ndarray], *, window: int = 50, prefix: str = "", title: str = "",
@@ -193,7 +193,10 @@ def cross_judge(train: Sequence[int], strong: Sequence[int], *, seed: int = 0, t
   ax_h.set(xticks=range(LEVELS), yticks=range(LEVELS), xlabel="strong-judge score", ylabel="training-judge score",
            title="(b) counts")
   fig.colorbar(im, ax=ax_h, shrink=0.8)
-  _title(fig, title, " vs ".join(f"{k}: {v}" for k, v in zip(("training", "strong"), judges) if v))
+  names = "; ".join(f"{k} judge: {v}" for k, v in zip(("training", "strong"), judges) if v)
+  text = "\n".join(t for t in (title, names) if t)
+  if text:
+    fig.suptitle(text)
   return _save(fig, path)
 
 
