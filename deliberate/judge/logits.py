@@ -37,7 +37,8 @@ class LocalJudgeModel:
 
   def __init__(self, params: Any, config: Any, tokenizer: Any, engine: SamplingEngine | None = None):
     self.params, self.config, self.tokenizer = params, config, tokenizer
-    self.engine = engine or SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer))
+    self.engine_stop_ids = set(tok_lib.stop_ids(tokenizer))
+    self.engine = engine or SamplingEngine(params, config, stop_ids=sorted(self.engine_stop_ids))
     self._seed = 0
 
     def logprobs_at(params, tokens_BxT, positions_BxT, index_BxK):
@@ -109,16 +110,23 @@ class LocalJudgeModel:
               answers: Sequence[str]) -> list[tuple[str, dict[str, float]]]:
     """(answer text ending in `prefix best`, log-prob of every allowed answer) for each conversation."""
     prompts = [tok_lib.render_ids(self.tokenizer, m) for m in messages_lists]
-    reasoning = [""] * len(prompts)
+    reasoning, reasoning_ids = [""] * len(prompts), [[] for _ in prompts]
     if reasoning_tokens > 0:
       outs = self._generate(prompts, reasoning_tokens, 0.0)
       cut = re.compile(rf"(?im)^[*_#>\s]*(?:final\s+)?{re.escape(prefix.rstrip(':'))}")
+      decode = lambda ids: self.tokenizer.decode(ids, skip_special_tokens=True)
       for n, o in enumerate(outs):
-        text = self.tokenizer.decode(o.tokens, skip_special_tokens=True)
-        m = cut.search(text)  # the judge's own final line, if it wrote one, is replaced by the scored one
-        reasoning[n] = (text[:m.start()] if m else text).rstrip()
+        ids = [t for t in o.tokens if t not in self.engine_stop_ids]
+        m = cut.search(decode(ids))
+        if m:  # the judge's own final line, if it wrote one, is replaced by the scored one
+          while ids and len(decode(ids)) > m.start():
+            ids = ids[:-1]
+        reasoning_ids[n] = ids  # the sampled ids themselves: re-encoding decoded text can change them
+        reasoning[n] = decode(ids).rstrip()
+    self.last_reasoning_lengths = [len(r) for r in reasoning_ids]
     continuations = [f"{r}\n{prefix}" if r else prefix for r in reasoning]
-    contexts = [p + self._encode(c) for p, c in zip(prompts, continuations)]
+    tails = [f"\n{prefix}" if r else prefix for r in reasoning]
+    contexts = [p + r + self._encode(t) for p, r, t in zip(prompts, reasoning_ids, tails)]
     answer_ids = [[self.answer_ids(c, a) for a in answers] for c in continuations]
     scores = self.sequence_logprobs(contexts, answer_ids)
     results = []
