@@ -122,7 +122,7 @@ def _run(params, prompts, sp, row_ids=None, seed=0, stop_ids=(-1,), active=None)
   row_ids = np.arange(b, dtype=np.int32) if row_ids is None else np.asarray(row_ids, np.int32)
   active = np.ones(b, bool) if active is None else np.asarray(active)
   fn = sampler.jitted_sample(CFG, sp)
-  return jax.device_get(fn(params, arr, lens, np.arange(b, dtype=np.int32), row_ids, active, np.uint32(seed),
+  return jax.device_get(fn(params, None, arr, lens, np.arange(b, dtype=np.int32), row_ids, active, np.uint32(seed),
                            jnp.asarray(stop_ids, jnp.int32)))
 
 

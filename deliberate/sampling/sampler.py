@@ -4,10 +4,13 @@ Every row draws its randomness from `fold_in(fold_in(key(seed), row_id), step)`,
 own logits and key only, so a row's tokens never depend on which rows share its batch, how the batch is padded, or
 how it is sharded.
 
-The sampler runs its own forward (`_forward`, checked against `transformer.apply` by the tests) instead of the
-model's scan over stacked layers, because on CPU a decode step costs what it reads and how many kernels it runs:
-- weights come in `decode_layout`, one buffer per layer, and the layers are unrolled: a scan makes XLA copy every
-  layer's weight slice before its matmul;
+The sampler runs its own forward (`_forward`, checked against `transformer.apply` by the tests), with the model's
+matmul (`transformer.dense`: one float32 accumulation, LoRA adapters on their own path) so that it rounds like the
+trainer. Two weight layouts:
+- stacked (the trainer's params as they are, sharded or not): layers under `lax.scan`, no copy of the weights;
+- split (`decode_layout`, one buffer per layer, layers unrolled): on CPU a scan makes XLA copy every layer's weight
+  slice before its matmul, so the split layout decodes 2-3x faster there, for one copy of the layer weights.
+And in both:
 - each layer's cache is one [B, K, P + N - 1, D] buffer per row batch: the prompt's slots, then the new tokens', all
   rows writing the same slot, so a step does one in-place dynamic-update-slice and one attention over one block
   instead of a scatter into the whole cache; queries and cache meet in plain batched matmuls, no transposes;
@@ -146,9 +149,15 @@ def decode_layout(params, config: ModelConfig) -> dict:
   """The sampler's params: the stacked per-layer leaves split into one dict of separate buffers per layer.
 
   Under `lax.scan` over stacked weights XLA copies every layer's weight slice before its matmul; with one buffer per
-  layer and the layers unrolled, a decode step reads each weight once (2-3x faster at batch 8 on CPU).
+  layer and the layers unrolled, a decode step reads each weight once (2-3x faster at batch 8 on CPU). The split is
+  a second copy of the layer weights: the engine makes it only in its explicit `layout="split"`.
   """
   return {**{k: v for k, v in params.items() if k != "layers"}, "layers": _splitter(config.n_layers)(params["layers"])}
+
+
+def split_adapters(lora: transformer.Adapters, n_layers: int) -> transformer.Adapters:
+  """Adapters in the split layout: a list of per-layer {target: {"a", "b"}} (small: copied every step)."""
+  return transformer.Adapters(_splitter(n_layers)(lora.params), lora.scale, lora.dtype)
 
 
 @functools.cache
@@ -170,57 +179,88 @@ def _rope(x_BxTxHxD: jax.Array, cos_BxTx1xR: jax.Array, sin_BxTx1xR: jax.Array) 
   return out.astype(x_BxTxHxD.dtype)
 
 
-def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, caches=None, slot=None):
-  """Final-normed hidden states of T new tokens per row, and per layer the keys/values they attended to.
-
-  Without caches the tokens attend to each other (prefill) and the keys/values returned are theirs, [B, K, T, D].
-  With caches (per layer (keys, values) [B, K, S, D]) the tokens' keys/values are first written at `slot` of every
-  row, then the tokens attend to the cache, and the updated caches are returned. Writing before reading, in the same
-  loop iteration, is what lets XLA update a loop-carried cache in place.
-  """
-  c = config
+def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=None, slot=None, constrain=None):
+  """One decoder layer on T new tokens per row; returns (x, (keys, values) [B, K, S, D] attended to)."""
   cdt = jnp.dtype(c.compute_dtype)
   b, t, _ = x_BxTxD.shape
   kvh, g, hd = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
+  scale, ldt = (lora.scale, lora.dtype) if lora is not None else (1.0, "float32")
+  mm = lambda x, name: transformer.dense(x, lp[name], ab.get(name) if ab else None, scale, ldt)
+  h = transformer.rms_norm(x_BxTxD, lp["attn_norm"], c.rms_eps)
+  q, k, v = mm(h, "wq"), mm(h, "wk"), mm(h, "wv")
+  if c.qkv_bias:
+    q, k, v = q + lp["bq"].astype(cdt), k + lp["bk"].astype(cdt), v + lp["bv"].astype(cdt)
+  q, k, v = q.reshape(b, t, c.n_heads, hd), k.reshape(b, t, kvh, hd), v.reshape(b, t, kvh, hd)
+  if c.qk_norm:
+    q, k = transformer.rms_norm(q, lp["q_norm"], c.rms_eps), transformer.rms_norm(k, lp["k_norm"], c.rms_eps)
+  q, k = _rope(q, cos, sin), _rope(k, cos, sin)
+  # Queries as [B, K, G*T, D] and keys/values as [B, K, S, D]: plain batched matmuls over (B, K), twice as fast
+  # on CPU as contractions that keep a T axis apart (those transpose the cache).
+  q = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
+  k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
+  if cache is not None:
+    k, v = (jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, slot, 0)) for buf, new in zip(cache, (k, v)))
+    if constrain is not None:
+      k, v = constrain(k), constrain(v)
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  scores = jnp.where(mask_BxTxS[:, None, None], scores.reshape(b, kvh, g, t, -1), _NEG_INF)
+  probs = jax.nn.softmax(scores, axis=-1).astype(cdt).reshape(b, kvh, g * t, -1)
+  attn = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kvh, g, t, hd)
+  x_BxTxD = x_BxTxD + mm(attn.transpose(0, 3, 1, 2, 4).reshape(b, t, c.n_heads * hd), "wo")
+  h = transformer.rms_norm(x_BxTxD, lp["mlp_norm"], c.rms_eps)
+  x_BxTxD = x_BxTxD + mm(jax.nn.silu(mm(h, "w_gate")) * mm(h, "w_up"), "w_down")
+  return x_BxTxD, (k, v)
+
+
+def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, caches=None, slot=None, lora=None,
+             constrain=None):
+  """Final-normed hidden states of T new tokens per row, and the keys/values they attended to.
+
+  Without caches the tokens attend to each other (prefill) and the keys/values returned are theirs. With caches
+  the tokens' keys/values are first written at `slot` of every row, then the tokens attend to the cache, and the
+  updated caches are returned. Writing before reading, in the same loop iteration, is what lets XLA update a
+  loop-carried cache in place.
+
+  Two layouts, one layer function: `params["layers"]` a list (split: layers unrolled, caches a list of per-layer
+  (keys, values) [B, K, S, D]) or the trainer's stacked dict (scanned, caches (keys, values) [L, B, K, S, D]).
+  """
+  c = config
   angles = positions_BxT[..., None].astype(jnp.float32) * transformer.rope_inv_freq(c)
   cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
-  kv_out = []
-  for layer, lp in enumerate(params["layers"]):
-    w = lambda name: lp[name].astype(cdt)
-    h = transformer.rms_norm(x_BxTxD, lp["attn_norm"], c.rms_eps)
-    q, k, v = h @ w("wq"), h @ w("wk"), h @ w("wv")
-    if c.qkv_bias:
-      q, k, v = q + w("bq"), k + w("bk"), v + w("bv")
-    q, k, v = q.reshape(b, t, c.n_heads, hd), k.reshape(b, t, kvh, hd), v.reshape(b, t, kvh, hd)
-    if c.qk_norm:
-      q, k = transformer.rms_norm(q, lp["q_norm"], c.rms_eps), transformer.rms_norm(k, lp["k_norm"], c.rms_eps)
-    q, k = _rope(q, cos, sin), _rope(k, cos, sin)
-    # Queries as [B, K, G*T, D] and keys/values as [B, K, S, D]: plain batched matmuls over (B, K), twice as fast
-    # on CPU as contractions that keep a T axis apart (those transpose the cache).
-    q = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
-    k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-    if caches is not None:
-      k, v = (jax.lax.dynamic_update_slice(cache, new.astype(cache.dtype), (0, 0, slot, 0))
-              for cache, new in zip(caches[layer], (k, v)))
-    scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
-    scores = jnp.where(mask_BxTxS[:, None, None], scores.reshape(b, kvh, g, t, -1), _NEG_INF)
-    probs = jax.nn.softmax(scores, axis=-1).astype(cdt).reshape(b, kvh, g * t, -1)
-    attn = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kvh, g, t, hd)
-    x_BxTxD = x_BxTxD + attn.transpose(0, 3, 1, 2, 4).reshape(b, t, c.n_heads * hd) @ w("wo")
-    h = transformer.rms_norm(x_BxTxD, lp["mlp_norm"], c.rms_eps)
-    x_BxTxD = x_BxTxD + (jax.nn.silu(h @ w("w_gate")) * (h @ w("w_up"))) @ w("w_down")
-    kv_out.append((k, v))
+  layer = functools.partial(_layer, lora=lora, cos=cos, sin=sin, mask_BxTxS=mask_BxTxS, c=c, slot=slot,
+                            constrain=constrain)
+  ab_layers = lora.params if lora is not None else None
+  if isinstance(params["layers"], (list, tuple)):
+    kv_out = []
+    for i, lp in enumerate(params["layers"]):
+      x_BxTxD, kv = layer(lp, ab_layers[i] if ab_layers is not None else None, x_BxTxD=x_BxTxD,
+                          cache=caches[i] if caches is not None else None)
+      kv_out.append(kv)
+  elif caches is None:
+    def body(x, xs):
+      return layer(xs[0], xs[1], x_BxTxD=x)
+    x_BxTxD, kv_out = jax.lax.scan(body, x_BxTxD, (params["layers"], ab_layers or {}))
+  else:
+    def body(carry, xs):
+      x, (ks, vs) = carry
+      lp, ab, i = xs
+      x, (k, v) = layer(lp, ab, x_BxTxD=x, cache=(ks[i], vs[i]))
+      return (x, (ks.at[i].set(k), vs.at[i].set(v))), None
+    (x_BxTxD, kv_out), _ = jax.lax.scan(body, (x_BxTxD, caches),
+                                        (params["layers"], ab_layers or {}, jnp.arange(c.n_layers)))
   return transformer.rms_norm(x_BxTxD, params["final_norm"], c.rms_eps), kv_out
 
 
-def sample(params, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B: jax.Array, row_ids_B: jax.Array,
+def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B: jax.Array, row_ids_B: jax.Array,
            active_B: jax.Array, seed: jax.Array, stop_ids: jax.Array, *, config: ModelConfig,
-           sp: SamplingParams) -> SampleOutput:
+           sp: SamplingParams, cache_sharding=None) -> SampleOutput:
   """Prefill U unique prompts, give row b the cache of prompt src_B[b], and decode every active row.
 
-  Pure and shape-static: the engine jits it once per (U, P, B) bucket. `params` are in `decode_layout`; `seed` is
-  a uint32 scalar. Each row's cache holds P + N - 1 slots: its prompt's P (padding masked), then one per new token
-  fed back, at the same slot in every row.
+  Pure and shape-static: the engine jits it once per (U, P, B) bucket. `params` are in `decode_layout` (split) or
+  the trainer's stacked layout, as they are sharded; `lora` is None or `Adapters` in the same layout; `seed` is a
+  uint32 scalar. Each row's cache holds P + N - 1 slots: its prompt's P (padding masked), then one per new token
+  fed back, at the same slot in every row. `cache_sharding` (a NamedSharding of one layer's [B, K, S, D] cache)
+  keeps the cache split over rows and kv heads, as the weights are.
   """
   c = config
   cdt = jnp.dtype(c.compute_dtype)
@@ -229,13 +269,25 @@ def sample(params, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B: jax.
   valid_UxP = jnp.arange(p)[None] < prompt_lens_U[:, None]
   causal_UxPxP = valid_UxP[:, None, :] & (jnp.arange(p)[:, None] >= jnp.arange(p)[None, :])
   x = jnp.take(params["embed"], prompts_UxP, axis=0).astype(cdt)
-  hidden_UxPxD, prompt_kv = _forward(params, x, jnp.broadcast_to(jnp.arange(p), (u, p)), causal_UxPxP, c)
+  stacked = isinstance(params["layers"], dict)
+  constrain = constrain_all = None
+  if cache_sharding is not None:  # one layer's cache, and (stacked) all layers' caches
+    constrain = functools.partial(jax.lax.with_sharding_constraint, shardings=cache_sharding)
+    constrain_all = constrain if not stacked else functools.partial(
+        jax.lax.with_sharding_constraint, shardings=jax.sharding.NamedSharding(
+            cache_sharding.mesh, jax.sharding.PartitionSpec(None, *cache_sharding.spec)))
+  hidden_UxPxD, prompt_kv = _forward(params, x, jnp.broadcast_to(jnp.arange(p), (u, p)), causal_UxPxP, c, lora=lora)
   last_UxD = jnp.take_along_axis(hidden_UxPxD, (prompt_lens_U - 1)[:, None, None], axis=1)[:, 0]
   logits_BxV = _logits(params, last_UxD, c)[src_B]
   free = jnp.zeros((b, c.n_kv_heads, max(n - 1, 1), c.head_dim), cdt)  # the last token is never fed back
-  caches = [tuple(jnp.concatenate([x[src_B], free], axis=2) for x in kv) for kv in prompt_kv]
+  if stacked:  # (keys, values) [L, U, K, P, D] -> [L, B, K, P + N - 1, D]
+    grow = lambda x: jnp.concatenate([x[:, src_B], jnp.broadcast_to(free, (c.n_layers, *free.shape))], axis=3)
+    caches = tuple(constrain_all(grow(x)) if constrain_all else grow(x) for x in prompt_kv)
+  else:
+    grow = lambda x: jnp.concatenate([x[src_B], free], axis=2)
+    caches = [tuple(constrain(grow(x)) if constrain else grow(x) for x in kv) for kv in prompt_kv]
   prompt_lens_B = prompt_lens_U[src_B]
-  slots_S = jnp.arange(caches[0][0].shape[2])
+  slots_S = jnp.arange(p + max(n - 1, 1))
   seed_key = jax.random.key(seed)
   row_keys_B = jax.vmap(lambda r: jax.random.fold_in(seed_key, r))(row_ids_B)
 
@@ -255,7 +307,8 @@ def sample(params, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B: jax.
     i, token_B, done_B, caches, out = state
     mask_Bx1xS = ((slots_S < prompt_lens_B[:, None]) | ((slots_S >= p) & (slots_S < p + i)))[:, None]
     x = jnp.take(params["embed"], token_B, axis=0).astype(cdt)[:, None]
-    hidden, caches = _forward(params, x, (prompt_lens_B + i - 1)[:, None], mask_Bx1xS, c, caches, p + i - 1)
+    hidden, caches = _forward(params, x, (prompt_lens_B + i - 1)[:, None], mask_Bx1xS, c, caches, p + i - 1,
+                              lora=lora, constrain=constrain)
     token_B, done_B, out = pick(i, _logits(params, hidden[:, 0], c), done_B, out)
     return i + 1, token_B, done_B, caches, out
 
@@ -271,9 +324,7 @@ def sample(params, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B: jax.
 
 
 @functools.cache
-def jitted_sample(config: ModelConfig, sp: SamplingParams, shardings=None):
-  """One jitted program per (config, sampling params, shardings); jax caches shapes underneath."""
-  fn = functools.partial(sample, config=config, sp=sp)
-  if shardings is None:
-    return jax.jit(fn)
-  return jax.jit(fn, in_shardings=shardings[0], out_shardings=shardings[1])
+def jitted_sample(config: ModelConfig, sp: SamplingParams, cache_sharding=None):
+  """One jitted program per (config, sampling params, cache sharding); jax caches shapes underneath. Inputs keep
+  the shardings they come with (the engine places rows; params stay as the trainer sharded them)."""
+  return jax.jit(functools.partial(sample, config=config, sp=sp, cache_sharding=cache_sharding))
