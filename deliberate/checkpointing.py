@@ -30,6 +30,14 @@ class CorruptCheckpointError(RuntimeError):
   """A checkpoint step that cannot be restored; the message is one line naming the step and the file."""
 
 
+class _ReadError(Exception):
+  """A failed read's messages without its traceback; `inner` names the innermost error's type."""
+
+  def __init__(self, inner: BaseException, text: str):
+    super().__init__(text)
+    self.inner_type, self.inner_text = type(inner).__name__, str(inner)
+
+
 class Checkpointer:
   """fallback: when the newest checkpoint cannot be restored, restore the newest intact one (True, with a warning)
   or raise CorruptCheckpointError (False). The run config's `checkpoint_fallback` is meant to be passed here."""
@@ -69,14 +77,19 @@ class Checkpointer:
         lambda x: jax.ShapeDtypeStruct(np.shape(x), x.dtype, sharding=getattr(x, "sharding", None)), template_state)
     damaged: list[tuple[int, str]] = []
     for s in steps:
-      out, error = self._try_restore(s, abstract)
-      if _all_processes_ok(error is None):
-        if damaged:
-          skipped = ", ".join(str(d) for d, _ in damaged)
-          logging.warning("restored checkpoint step %d instead of the damaged step(s) %s (moved aside to %s)",
-                          s, skipped, self.corrupt_directory)
-        return s, {"params": out["params"], "opt_state": out["opt_state"]}, dict(out["meta"])
-      line = describe_damage(self.directory, s, error)
+      line = self._check_step(s)
+      if line is None:
+        out, error = self._try_restore(s, abstract)
+        if error is None:
+          if damaged:
+            skipped = ", ".join(str(d) for d, _ in damaged)
+            logging.warning("restored checkpoint step %d instead of the damaged step(s) %s (moved aside to %s)",
+                            s, skipped, self.corrupt_directory)
+          return s, {"params": out["params"], "opt_state": out["opt_state"]}, dict(out["meta"])
+        line = describe_damage(self.directory, s, error)
+        if jax.process_count() > 1:  # the hosts may now be at different collectives inside orbax: stop here
+          raise CorruptCheckpointError(line + " (a read failed on this host after the file checks passed; "
+                                       "multi-host runs do not fall back from that)") from None
       if not fallback or step is not None:
         raise CorruptCheckpointError(line + ("" if step is not None else
                                              " (refusing to fall back: checkpoint_fallback is off)")) from None
@@ -91,6 +104,16 @@ class Checkpointer:
     """Where damaged steps go: beside the checkpoints, outside orbax's view, kept for inspection."""
     return self.directory.rstrip("/") + ".corrupt"
 
+  def _check_step(self, step: int) -> str | None:
+    """The damage line for a step whose files fail the checks, before orbax reads anything. Every host checks and
+    they agree before any host starts orbax's restore, whose internal collectives a failing host would leave."""
+    found = find_damaged_file(epath.Path(self.directory) / str(step))
+    line = None if found is None else f"checkpoint step {step} in {self.directory} cannot be restored: " \
+        f"{found[0]} {found[1]}"
+    if not _all_processes_ok(line is None) and line is None:
+      line = f"checkpoint step {step} in {self.directory} cannot be restored: damaged as seen from another host"
+    return line
+
   def _try_restore(self, step: int, abstract: dict[str, Any]) -> tuple[Any, BaseException | None]:
     """orbax's reads run in coroutines that, once one read fails, leave 'Exception ignored' noise on stderr: the
     noise is silenced here because the failure itself is reported in one line by the caller."""
@@ -102,7 +125,11 @@ class Checkpointer:
           opt_state=ocp.args.StandardRestore(abstract["opt_state"]), meta=ocp.args.JsonRestore()))
       return out, None
     except Exception as e:  # noqa: BLE001  (tensorstore raises bare Exception/ValueError; all mean "unreadable")
-      return None, e
+      # Keep the text only: the traceback holds orbax's failed coroutines, which must be collected right here.
+      errors = list(_chain(e))
+      summary = _ReadError(errors[-1], " || ".join(str(x) for x in errors))
+      del e, errors
+      return None, summary
     finally:
       import gc
       gc.collect()  # the failed coroutines are collected while the hook is silent
@@ -269,5 +296,7 @@ def _gist(error: BaseException | None) -> str:
   if not errors:
     return "unknown error"
   inner = errors[-1]
-  first = (str(inner).strip().splitlines() or [""])[0]
-  return f"{type(inner).__name__}: {first[:300]}"
+  name, text = (inner.inner_type, inner.inner_text) if isinstance(inner, _ReadError) else (type(inner).__name__,
+                                                                                          str(inner))
+  first = (text.strip().splitlines() or [""])[0]
+  return f"{name}: {first[:300]}"

@@ -1,5 +1,6 @@
 """Damaged checkpoints: real orbax checkpoints with a file truncated or garbled on disk, as a full disk or a partial
 copy leaves them. The newest intact step is restored with a warning, or the restore refuses, naming step and file."""
+import json
 import logging
 import os
 
@@ -134,3 +135,85 @@ def test_explicit_damaged_step_never_falls_back(tmp_path):
   assert ckpt.restore(_state(0), step=3)[0] == 3
   with pytest.raises(FileNotFoundError, match="no checkpoint for step 7"):
     ckpt.restore(_state(0), step=7)
+
+
+_TWO_HOSTS = '''
+import json, sys
+import jax, numpy as np
+from deliberate import checkpointing, distributed
+port, pid, directory, phase = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+distributed.initialize(f"127.0.0.1:{port}", 2, pid, initialization_timeout_s=60)
+mesh = jax.make_mesh((4,), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+def state(s):  # random rows (they land in per-process data files), each process holding its half
+  rows = np.random.default_rng(s).normal(size=(8, 512)).astype(np.float32)[pid * 4:(pid + 1) * 4]
+  w = distributed.global_batch(mesh, {"w": rows})["w"]
+  return {"params": {"w": w}, "opt_state": {"m": w * 2}}
+ckpt = checkpointing.Checkpointer(directory, max_to_keep=5)
+if phase == "save":
+  for s in (1, 2, 3):
+    ckpt.save(s, state(s), {"step": s}, force=True)
+else:
+  step, restored, meta = ckpt.restore(state(0))
+  total = jax.jit(lambda a: a.sum(), out_shardings=jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec()))(
+      restored["params"]["w"])
+  print("RESULT " + json.dumps({"step": step, "meta": meta, "sum": float(total)}), flush=True)
+ckpt.close()
+jax.distributed.shutdown()
+'''
+
+
+def _two_hosts(script, directory, phase):
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    port = s.getsockname()[1]
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = {k: v for k, v in os.environ.items() if k not in ("XLA_FLAGS", "JAX_PLATFORMS")}
+  env.update(XLA_FLAGS="--xla_force_host_platform_device_count=2", JAX_PLATFORMS="cpu",
+             PYTHONPATH=root + os.pathsep + env.get("PYTHONPATH", ""))
+  procs = [subprocess.Popen([sys.executable, str(script), str(port), str(i), str(directory), phase], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=180)[0] for p in procs]
+  finally:
+    for p in procs:
+      if p.poll() is None:
+        p.kill()
+  for i, (p, out) in enumerate(zip(procs, outs)):
+    assert p.returncode == 0, f"process {i} ({phase}) exited {p.returncode}:\n{out[-3000:]}"
+  return outs
+
+
+def test_two_hosts_fall_back_together(tmp_path):
+  """A file of process 1's shards truncated: both hosts see it before orbax reads anything, agree, and restore the
+  same older step (a host failing alone inside orbax's restore would leave the other in a collective)."""
+  script, directory = tmp_path / "hosts.py", tmp_path / "ckpt"
+  script.write_text(_TWO_HOSTS)
+  _two_hosts(script, directory, "save")
+  data = os.path.join(directory, "3", "params", "ocdbt.process_1", "d")
+  bad = max((os.path.join(data, f) for f in os.listdir(data)), key=os.path.getsize)
+  _truncate(bad)
+  outs = _two_hosts(script, directory, "restore")
+  want = float(np.random.default_rng(2).normal(size=(8, 512)).astype(np.float32).sum())
+  for out in outs:
+    result = json.loads(next(l for l in out.splitlines() if l.startswith("RESULT "))[7:])
+    assert result["step"] == 2 and result["meta"] == {"step": 2}
+    np.testing.assert_allclose(result["sum"], want, rtol=1e-5)
+    assert f"checkpoint step 3 in {directory} cannot be restored: {os.path.relpath(bad, directory / '3')} is " \
+           "truncated" in out
+  assert sorted(os.listdir(directory)) == ["1", "2"] and len(os.listdir(f"{directory}.corrupt")) == 1
+
+
+def test_garbled_bytes_of_the_right_size_are_traced_to_their_file(tmp_path, caplog):
+  """The file checks pass (sizes are right); the read fails; the tensorstore key is mapped back to its file."""
+  directory = tmp_path / "ckpt"
+  _write(directory)
+  bad = _array_file(directory, 3)
+  with open(bad, "r+b") as f:
+    f.write(b"\xff" * os.path.getsize(bad))
+  step, _, _ = _restore_logged(checkpointing.Checkpointer(str(directory)), caplog)
+  assert step == 2
+  line = next(r.getMessage() for r in caplog.records if "cannot be restored" in r.getMessage())
+  assert "checkpoint step 3" in line and os.path.relpath(bad, directory / "3") in line and "unreadable data" in line
