@@ -85,15 +85,15 @@ def generate(engine: SamplingEngine, tokenizer, prompts: Sequence[str], sp: Samp
 @functools.lru_cache(maxsize=8)
 def _sum_logprobs(config: ModelConfig):
   @jax.jit
-  def fn(params, tokens, positions, mask):
-    lp, _ = lp_lib.token_logprobs(params, tokens, positions, mask, config=config)
+  def fn(params, lora, tokens, positions, mask):
+    lp, _ = lp_lib.token_logprobs(params, tokens, positions, mask, config=config, lora=lora)
     return jnp.sum(lp, axis=-1)
   return fn
 
 
 def continuation_logliks(params, config: ModelConfig, prompts: Sequence[Sequence[int]],
-                         continuations: Sequence[Sequence[int]], batch: int = 64) -> np.ndarray:
-  """Sum of log p(continuation | prompt) per row. Rows are right-padded (causal attention never sees the padding)
+                         continuations: Sequence[Sequence[int]], batch: int = 64, lora=None) -> np.ndarray:
+  """Sum of log p(continuation | prompt) per row, under the base params and LoRA adapters when given. Rows are right-padded (causal attention never sees the padding)
   to bucketed shapes, so a benchmark compiles a few programs."""
   rows = [list(p) + list(c) for p, c in zip(prompts, continuations)]
   out = np.zeros(len(rows), np.float64)
@@ -106,12 +106,12 @@ def continuation_logliks(params, config: ModelConfig, prompts: Sequence[Sequence
       tokens[i, :len(r)] = r
       mask[i, len(p):len(r)] = 1.0
     positions = np.broadcast_to(np.arange(t, dtype=np.int32), (b, t))
-    out[start:start + len(chunk)] = np.asarray(_sum_logprobs(config)(params, tokens, positions, mask))[:len(chunk)]
+    out[start:start + len(chunk)] = np.asarray(_sum_logprobs(config)(params, lora, tokens, positions, mask))[:len(chunk)]
   return out
 
 
 def gpqa_logliks(params, config: ModelConfig, tokenizer, items: Sequence[dict[str, Any]],
-                 batch: int = 64) -> list[tuple[list[float], list[int]]]:
+                 batch: int = 64, lora=None) -> list[tuple[list[float], list[int]]]:
   """(log-likelihoods, option lengths in characters) per item: each option's text as the start of the reply."""
   stop = tok_lib.stop_ids(tokenizer)
   prompts, conts = [], []
@@ -120,7 +120,7 @@ def gpqa_logliks(params, config: ModelConfig, tokenizer, items: Sequence[dict[st
     for text in it["options"]:
       prompts.append(ids)
       conts.append(tokenizer.encode(text, add_special_tokens=False))
-  lls = continuation_logliks(params, config, prompts, conts, batch)
+  lls = continuation_logliks(params, config, prompts, conts, batch, lora)
   return [(lls[4 * i:4 * i + 4].tolist(), [len(t) for t in it["options"]]) for i, it in enumerate(items)]
 
 
@@ -135,7 +135,8 @@ def evaluate(engine: SamplingEngine, tokenizer, c: ml_collections.ConfigDict, lo
     samples = 1 if decoding == "greedy" else c.samples
     outs = generate(engine, tokenizer, [_prompt(name, it) for it in items], sp, seed=seed + k, samples=samples,
                     batch=c.batch)
-    lls = gpqa_logliks(engine.params, engine.config, tokenizer, items, c.batch) if name == "gpqa" else None
+    lls = (gpqa_logliks(engine.params, engine.config, tokenizer, items, c.batch, getattr(engine, "lora", None))
+           if name == "gpqa" else None)  # the engine's own policy: its base and adapters
     recs = []
     for i, j, text, n_tokens, stop in outs:
       it = items[i]
