@@ -42,3 +42,29 @@ def test_bad_lora_config():
     lora.LoraConfig(targets=("embed",))
   with pytest.raises(ValueError, match="rank"):
     lora.LoraConfig(rank=0)
+
+
+@pytest.mark.parametrize("arch", ["llama", "qwen3"])
+def test_a_lora_policy_exported_to_hf_gives_the_same_logits_in_transformers(arch, tmp_path):
+  """Export merges the adapters (in float32, the only merge); transformers' own model then computes the logits our
+  forward computes with the adapters on their own path."""
+  torch = pytest.importorskip("torch")
+  transformers = pytest.importorskip("transformers")
+  from deliberate.model.hf_io import export_hf
+  cfg = CFG.replace(arch=arch, qk_norm=arch == "qwen3", tie_embeddings=arch == "llama", eos_ids=(1,))
+  base = transformer.init_params(cfg, jax.random.key(0))
+  lcfg = lora.LoraConfig(rank=4, alpha=8.0)
+  adapters = lora.init_lora(base, lcfg, jax.random.key(1))
+  for name, k in zip(adapters, jax.random.split(jax.random.key(2), len(adapters))):
+    adapters[name]["b"] = 0.2 * jax.random.normal(k, adapters[name]["b"].shape)
+  ad = lora.adapters(adapters, lcfg)
+  tokens = np.random.RandomState(0).randint(0, cfg.vocab_size, (2, 24))
+  pos = np.broadcast_to(np.arange(24), tokens.shape)
+  ours = np.asarray(transformer.apply(base, jnp.asarray(tokens), jnp.asarray(pos), config=cfg, lora=ad)[0])
+  plain = np.asarray(transformer.apply(base, jnp.asarray(tokens), jnp.asarray(pos), config=cfg)[0])
+  assert np.abs(ours - plain).max() > 0.05  # the adapters matter
+  export_hf(base, cfg, tmp_path, lora=ad)
+  model = transformers.AutoModelForCausalLM.from_pretrained(str(tmp_path), dtype=torch.float32).eval()
+  with torch.no_grad():
+    theirs = model(torch.tensor(tokens)).logits.numpy()
+  assert np.abs(ours - theirs).max() <= 1e-4

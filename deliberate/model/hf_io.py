@@ -20,7 +20,7 @@ import numpy as np
 
 from deliberate.model.config import ModelConfig
 from deliberate.model.hf_names import hf_tensor_slots
-from deliberate.model.transformer import Params, param_shapes
+from deliberate.model.transformer import Adapters, Params, param_shapes
 
 ARCH_CLASSES = {"llama": "LlamaForCausalLM", "qwen2": "Qwen2ForCausalLM", "qwen3": "Qwen3ForCausalLM"}
 _DEFAULTS = {  # transformers 5.24's config defaults where a config.json may omit a field
@@ -295,10 +295,14 @@ def _write_safetensors(file: Path, tensors: list[tuple[str, Any]], np_dtype: np.
 
 
 def export_hf(params: Params, config: ModelConfig, out_dir: str | Path, tokenizer: Any = None,
-              dtype: str = "float32", max_shard_bytes: int = 2 * 2**30) -> Path:
+              dtype: str = "float32", max_shard_bytes: int = 2 * 2**30, lora: Adapters | None = None) -> Path:
   """Writes an HF directory that transformers and vLLM load: config.json, generation_config.json, safetensors
   (sharded with an index above `max_shard_bytes`) and the tokenizer files when a tokenizer is given. Stale weight
-  files of an earlier export into the same directory are removed."""
+  files of an earlier export into the same directory are removed.
+
+  `lora`: adapters over `params`, merged here (the one place a merge happens), one layer at a time in float32,
+  W + scale a b, then rounded once to `dtype`. HF has no side path, so a bf16 export rounds what a float32 one keeps.
+  """
   if dtype not in ("float32", "bfloat16"):
     raise ValueError(f"export_hf: dtype should be 'float32' or 'bfloat16', got {dtype!r}")
   np_dtype = np.dtype(np.float32) if dtype == "float32" else np.dtype(ml_dtypes.bfloat16)
@@ -311,6 +315,10 @@ def export_hf(params: Params, config: ModelConfig, out_dir: str | Path, tokenize
   def getter(slot):
     def get():
       leaf = params[slot.key] if slot.layer is None else params["layers"][slot.key][slot.layer]
+      if lora is not None and slot.layer is not None and slot.key in lora.params:
+        ab = lora.params[slot.key]
+        a_IxR, b_RxO = (np.asarray(ab[k][slot.layer], np.float32) for k in ("a", "b"))
+        leaf = np.asarray(leaf, np.float32) + np.float32(lora.scale) * (a_IxR @ b_RxO)
       a = np.asarray(jnp.asarray(leaf).astype(dtype))
       return a.T if slot.transpose else a
     return get
