@@ -38,6 +38,7 @@ def base_config() -> ml_collections.ConfigDict:
   c.eval_tasks = 16                   # the first K of the 100 fixed conflict-resolution eval tasks
   c.checkpoint_every = 50             # orbax, asynchronous
   c.keep_checkpoints = 3
+  c.checkpoint_fallback = True        # a damaged newest checkpoint: resume from the newest intact one (False: refuse)
   c.records_max_mb = 64.0             # rotate dialogue JSONL files past this size
   c.tensorboard = True
   c.wandb_project = ""                # '' = no wandb

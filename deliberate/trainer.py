@@ -55,7 +55,7 @@ class Trainer:
     self.step_config = runner_lib.step_config(c.rl, self.model_config, self.task.temperature)
     self.runner = runner_lib.make_runner(c.rl, params, self.optimizer, self.step_config, jax.random.key(c.seed))
     self.checkpointer = checkpointing.Checkpointer(os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints,
-                                                   c.checkpoint_every)
+                                                   c.checkpoint_every, fallback=c.checkpoint_fallback)
     self.records = RecordWriter(os.path.join(self.workdir, "records"), max_bytes=int(c.records_max_mb * (1 << 20)))
     self.writer = metrics_writer.MetricsWriter(self.workdir, c.num_steps, c.tensorboard, c.wandb_project)
     self.step = 0
@@ -95,7 +95,7 @@ class Trainer:
     items = self.task.data.next_batch()
     seed = int(jax.random.randint(jax.random.fold_in(jax.random.key(c.seed), self.step), (), 0, 2**31 - 1))
     t0 = time.time()
-    self.engine.params = self.runner.sampling_params()
+    self.engine.set_params(*self.runner.sampling_params())
     judge_before = self.judge.metrics()
     rollout = self.task.rollout(items, seed)
     t_rollout = time.time() - t0

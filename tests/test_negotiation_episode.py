@@ -107,3 +107,20 @@ def test_rows_align_with_sampling_logprobs(tiny_policy, tiny_tokenizer, judge):
   mask = batch["loss_mask_BxT"] > 0
   assert mask.sum() == sum(len(t.response_ids) for d in dialogues for t in d.turns) == 2 * 3 * 6
   np.testing.assert_allclose(np.asarray(lp)[mask], batch["old_logprobs_BxT"][mask], atol=2e-5)
+
+
+def test_ca_metrics_are_the_scores_not_the_rewards():
+  """Evaluation writes completions without agreement; their scores count in ca/*, while their reward is 0."""
+  from deliberate import metric_names as M
+  ds = []
+  for i, (agreed, score) in enumerate([(True, 5), (True, 3), (False, 1), (False, None)]):
+    d = episode.Dialogue(i, i // 2, {"id": "d"}, {"a": {}, "b": {}, "pair_id": "p"})
+    d.agreed, d.score = agreed, score
+    d.reward = float(score) if agreed and score is not None else 0.0
+    if score is None:
+      d.failed, d.failure = True, "CA judge: unparseable"
+    ds.append(d)
+  m = metrics.step_metrics(ds, group_size=2)
+  assert (m[M.CA_GROUP_MIN], m[M.CA_GROUP_MEAN], m[M.CA_GROUP_MAX]) == (2.0, 2.5, 3.0)  # groups (5, 3) and (1)
+  assert (m[M.REWARD_GROUP_MIN], m[M.REWARD_GROUP_MAX]) == (1.5, 2.5)                    # groups (5, 3), (0, 0)
+  assert m[M.CA_SCORED] == 3 and m[M.CA_FAILED] == 1

@@ -130,6 +130,8 @@ def test_eval_set_dynamics_are_logged(tmp_path, judge_url):
   assert m["eval/negotiation/dialogues"] == 2 * c.negotiation.group_size
   assert m["eval/negotiation/agreement_rate"] == 1.0  # the hashing judge agrees at once
   assert {"eval/reward/group_min", "eval/reward/group_mean", "eval/reward/group_max"} <= set(m)
+  assert {"eval/ca/group_min", "eval/ca/group_mean", "eval/ca/group_max"} <= set(m)  # Figure 2's CA
+  assert 0 <= m["eval/ca/group_min"] <= m["eval/ca/group_mean"] <= m["eval/ca/group_max"] <= 5
   assert json.load(open(tmp_path / "config.json"))["negotiation"]["group_size"] == c.negotiation.group_size
 
 

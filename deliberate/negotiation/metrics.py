@@ -5,6 +5,7 @@ from typing import Sequence
 
 import numpy as np
 
+from deliberate import metric_names as M
 from deliberate.negotiation.episode import Dialogue
 
 
@@ -13,6 +14,21 @@ def _percentiles(xs: Sequence[float]) -> dict[str, float]:
     return {}
   p50, p95 = np.percentile(np.asarray(xs), [50, 95])
   return {"p50": float(p50), "p95": float(p95)}
+
+
+def _ca_metrics(dialogues: Sequence[Dialogue], group_size: int) -> dict[str, float]:
+  """The CA scores of the completions that were written and scored (in evaluation, also those of dialogues that
+  did not agree), per group: the evaluation's CA, which the reward (0 without agreement) is not."""
+  mins, means, maxs = [], [], []
+  for start in range(0, len(dialogues), group_size):
+    scores = [d.score for d in dialogues[start:start + group_size] if d.score is not None]
+    if scores:
+      mins.append(min(scores)), means.append(np.mean(scores)), maxs.append(max(scores))
+  nan = float("nan")
+  return {M.CA_GROUP_MIN: float(np.mean(mins)) if mins else nan, M.CA_GROUP_MEAN: float(np.mean(means)) if means
+          else nan, M.CA_GROUP_MAX: float(np.mean(maxs)) if maxs else nan,
+          M.CA_SCORED: sum(d.score is not None for d in dialogues),
+          M.CA_FAILED: sum(d.failure is not None and d.failure.startswith("CA judge") for d in dialogues)}
 
 
 def step_metrics(dialogues: Sequence[Dialogue], group_size: int) -> dict[str, float]:
@@ -36,6 +52,7 @@ def step_metrics(dialogues: Sequence[Dialogue], group_size: int) -> dict[str, fl
     if len(set(rewards)) == 1:
       equal += len(rewards)
   kept = sum(not d.excluded for d in dialogues)
+  m.update(_ca_metrics(dialogues, group_size))
   m.update({"reward/group_min": float(np.mean(mins)) if mins else float("nan"),
             "reward/group_mean": float(np.mean(means)) if means else float("nan"),
             "reward/group_max": float(np.mean(maxs)) if maxs else float("nan"),

@@ -5,8 +5,7 @@ A runner owns the train state {"params": trainable, "opt_state"} and the frozen 
 """
 from __future__ import annotations
 
-import dataclasses
-from typing import Any, Callable, Mapping
+from typing import Any, Mapping
 
 import jax
 import jax.numpy as jnp
@@ -73,12 +72,14 @@ class StepRunner:
   def _first(self, metrics):
     return metrics
 
-  def sampling_params(self) -> Any:
-    """The params both agents sample with: the trainable params, or LoRA merged into the frozen base."""
+  def sampling_params(self) -> tuple[Any, Any]:
+    """(base, adapters) both agents sample with (`SamplingEngine.set_params`): the trainable params and no
+    adapters, or the frozen base (the same object every step, laid out once) and the LoRA adapters on their own
+    path, never merged."""
     trainable = self.host_state()["params"]
     if self.cfg.lora is None:  # a copy when the step donates (frees) the state's buffers
-      return jax.tree.map(jnp.copy, trainable) if self.donates else trainable
-    return lora_lib.merge(self.frozen, trainable, self.cfg.lora.alpha, self.cfg.lora.rank)
+      return (jax.tree.map(jnp.copy, trainable) if self.donates else trainable), None
+    return self.frozen, lora_lib.adapters(trainable, self.cfg.lora)
 
 
 class PmapRunner(StepRunner):
