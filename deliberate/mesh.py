@@ -21,3 +21,14 @@ def make_mesh(data: int = 0, fsdp: int = 1, devices: list | None = None) -> Mesh
     raise ValueError(f"mesh: {data} x {fsdp} (data x fsdp) needs {data * fsdp} devices, have {n}")
   devices = devices or jax.devices()[:data * fsdp]
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)
+
+
+def agree_max(*values: int) -> tuple[int, ...]:
+  """The element-wise maximum of `values` over all processes (they must all call it): static shapes that every
+  host's program must share, e.g. a batch's padded (B, T), agreed from each host's own rows."""
+  if jax.process_count() == 1:
+    return tuple(int(v) for v in values)
+  import numpy as np  # noqa: PLC0415
+  from jax.experimental import multihost_utils  # noqa: PLC0415
+  gathered = multihost_utils.process_allgather(np.asarray(values, np.int64))
+  return tuple(int(v) for v in np.asarray(gathered).reshape(-1, len(values)).max(0))

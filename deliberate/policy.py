@@ -52,10 +52,11 @@ def load_model(c: ml_collections.ConfigDict, scratch_dir: str):
 
 
 def sampling_mesh(sharded: bool) -> jax.sharding.Mesh | None:
-  """The sampler's 'data' mesh over every device, or None (one device)."""
-  if not sharded or jax.device_count() == 1:
+  """The sampler's 'data' mesh over this host's devices, or None (one device). Each host samples its own share of
+  a step's dialogues, so the sampler never spans hosts."""
+  if not sharded or jax.local_device_count() == 1:
     return None
-  return make_mesh(jax.device_count(), 1)
+  return make_mesh(jax.local_device_count(), 1, devices=jax.local_devices())
 
 
 def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True) -> SamplingEngine:

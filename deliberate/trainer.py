@@ -18,6 +18,7 @@ import numpy as np
 from deliberate import checkpointing, metric_names as M, metrics_writer, policy
 from deliberate.config import validate
 from deliberate.judge.runner import SyncJudge
+from deliberate.mesh import agree_max
 from deliberate.negotiation.records import RecordWriter
 from deliberate.rl import advantages as adv_lib, batch as batch_lib, loss as loss_lib, optim, runner as runner_lib
 from deliberate.tasks.base import Rollout, make_task
@@ -35,6 +36,31 @@ def check_judge_reachable(judge_config: ml_collections.ConfigDict) -> None:
                           f"({type(e).__name__}: {e})") from None
 
 
+def _host_config(c: ml_collections.ConfigDict, hosts: int) -> ml_collections.ConfigDict:
+  """This host's view of the run config: its share of the step's prompts, its own judge cache file."""
+  if hosts == 1:
+    return c
+  if c.data.prompts_per_step % hosts:
+    raise ValueError(f"config.data.prompts_per_step={c.data.prompts_per_step}: the step's prompts do not divide "
+                     f"over {hosts} hosts (each host rolls out whole groups)")
+  local = ml_collections.ConfigDict(c.to_dict())
+  local.data.prompts_per_step = c.data.prompts_per_step // hosts
+  if c.judge.cache_path:
+    local.judge.cache_path = f"{c.judge.cache_path}.host{jax.process_index()}"
+  return local
+
+
+class _QuietWriter:
+  """The metrics writer of hosts other than process 0."""
+  path = ""
+
+  def write(self, step: int, metrics: dict) -> None:
+    pass
+
+  def close(self) -> None:
+    pass
+
+
 class Trainer:
   """Owns the policy, engine, judge, task, step runner and checkpoints of one run."""
 
@@ -43,25 +69,35 @@ class Trainer:
     self.config, self.workdir = config, os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     c = config
+    # Across hosts: each host rolls out its own block of the step's prompts (groups never straddle hosts, so group
+    # advantages stay exact) and writes its own records and judge cache; process 0 alone writes metrics.
+    host, hosts = jax.process_index(), jax.process_count()
+    self.is_main = host == 0
+    local = _host_config(c, hosts)
     check_judge_reachable(c.judge)
-    params, self.model_config, self.tokenizer = policy.load_model(c.model, self.workdir)
+    scratch = self.workdir if hosts == 1 else os.path.join(self.workdir, "hosts", str(host))
+    params, self.model_config, self.tokenizer = policy.load_model(c.model, scratch)
     self.engine = policy.build_engine(params, self.model_config, self.tokenizer, sharded=c.sampling_sharded)
-    self.judge = SyncJudge(c.judge, generate_fn=policy.chat_fn(self.engine, self.tokenizer)
+    self.judge = SyncJudge(local.judge, generate_fn=policy.chat_fn(self.engine, self.tokenizer)
                            if c.judge.embedded and c.judge.embedded_backend == "model" else None)
-    self.task = make_task(c, self.engine, self.tokenizer, self.judge, c.data.data_dir or os.path.join(self.workdir,
-                                                                                                      "tfds"))
+    self.task = make_task(local, self.engine, self.tokenizer, self.judge,
+                          c.data.data_dir or os.path.join(self.workdir, "tfds"))
     self.task.check_context(self.model_config.max_seq_len)
+    self.engine.row_offset = host * local.data.prompts_per_step * self.task.row_ids_per_prompt
     self.optimizer, self.schedule = optim.make_optimizer(c.optim)
     self.step_config = runner_lib.step_config(c.rl, self.model_config, self.task.temperature)
     self.runner = runner_lib.make_runner(c.rl, params, self.optimizer, self.step_config, jax.random.key(c.seed))
     self.checkpointer = checkpointing.Checkpointer(os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints,
                                                    c.checkpoint_every, fallback=c.checkpoint_fallback)
-    self.records = RecordWriter(os.path.join(self.workdir, "records"), max_bytes=int(c.records_max_mb * (1 << 20)))
-    self.writer = metrics_writer.MetricsWriter(self.workdir, c.num_steps, c.tensorboard, c.wandb_project)
+    self.records = RecordWriter(os.path.join(self.workdir, "records"), max_bytes=int(c.records_max_mb * (1 << 20)),
+                                prefix="dialogues" if hosts == 1 else f"dialogues-host{host}")
+    self.writer = (metrics_writer.MetricsWriter(self.workdir, c.num_steps, c.tensorboard, c.wandb_project)
+                   if self.is_main else _QuietWriter())
     self.step = 0
     self.last_rollout: Rollout | None = None
-    with open(os.path.join(self.workdir, "config.json"), "w") as f:  # what policy.load_policy reads back
-      f.write(c.to_json_best_effort(indent=2))
+    if self.is_main:
+      with open(os.path.join(self.workdir, "config.json"), "w") as f:  # what policy.load_policy reads back
+        f.write(c.to_json_best_effort(indent=2))
     self._maybe_restore()
 
   @property
@@ -80,13 +116,19 @@ class Trainer:
     if self.checkpointer.latest_step is None:
       return
     step, state, meta = self.checkpointer.restore(self.runner.host_state())
+    if meta.get("hosts", 1) != jax.process_count():
+      raise ValueError(f"{self.checkpointer.directory}: step {step} was saved by {meta.get('hosts', 1)} hosts; resume "
+                       f"it on as many (this run has {jax.process_count()}), so each host's data stream continues")
     self.runner.load_state(state)
     self.task.data.restore(meta["data"])
     self.step = step
     print(f"resumed from {self.checkpointer.directory} at step {step}", flush=True)
 
   def _batch(self, rollout: Rollout, adv: np.ndarray) -> dict[str, np.ndarray]:
-    b, t = batch_lib.padded_shape(rollout.rows, self.num_shards * self.config.rl.micro_batches)
+    shards = self.num_shards // jax.process_count()  # this host's shards of the step
+    local = (batch_lib.padded_shape(rollout.rows, shards * self.config.rl.micro_batches)
+             if any(r.trained for r in rollout.rows) else (shards * self.config.rl.micro_batches, 1))
+    b, t = agree_max(*local)
     batch = batch_lib.collate(rollout.rows, adv, pad_id=self.model_config.pad_id, length=t, batch=b)
     return loss_lib.prepare_batch(self.runner.add_reference(batch), self.step_config.loss)
 
@@ -107,7 +149,7 @@ class Trainer:
     metrics.update({k: v for k, v in judge_after.items() if "latency" in k})
     for k in M.JUDGE_COUNTERS:
       metrics[k] = judge_after.get(k, 0) - judge_before.get(k, 0)
-    if any(r.trained for r in rollout.rows):
+    if agree_max(any(r.trained for r in rollout.rows))[0]:  # every host steps, or none does
       t1 = time.time()
       batch = self._batch(rollout, adv)
       metrics.update(self.runner.step(batch))
@@ -130,7 +172,7 @@ class Trainer:
       metrics.update(self.evaluate())
     self.writer.write(self.step, metrics)
     self.checkpointer.save(self.step, self.runner.host_state(), {"data": self.task.data.state(), "seed": c.seed,
-                                                                 "step": self.step},
+                                                                 "step": self.step, "hosts": jax.process_count()},
                            force=self.step == c.num_steps)
     return metrics
 

@@ -47,10 +47,11 @@ class _Stream:
     return int(self._perm(salt, size, position // size)[position % size])
 
   def _take(self) -> list[int]:
-    """This host's global positions of the next step, advancing every host's shared state."""
+    """This host's global positions of the next step, advancing every host's shared state. Host h takes the h-th
+    contiguous block, so the hosts' items in host order are the items one process would take for the whole step."""
     block = self.num_prompts_per_step * self.process_count
-    positions = [self._position + self.process_index + k * self.process_count
-                 for k in range(self.num_prompts_per_step)]
+    first = self._position + self.process_index * self.num_prompts_per_step
+    positions = list(range(first, first + self.num_prompts_per_step))
     self._position += block
     return positions
 

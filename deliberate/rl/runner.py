@@ -97,10 +97,11 @@ class PmapRunner(StepRunner):
     return step_lib.make_pmap_step(optimizer, self.cfg)
 
   def _first(self, metrics):
-    return jax.tree.map(lambda x: np.asarray(x)[0], metrics)
+    return step_lib.unreplicate(metrics)
 
   def host_state(self):
-    return step_lib.unreplicate(self.state)
+    state = step_lib.unreplicate(self.state)
+    return jax.device_get(state) if jax.process_count() > 1 else state  # the same on every host: saved by one
 
   def load_state(self, state):
     self.state = step_lib.replicate(state)
@@ -124,6 +125,16 @@ class ShardedRunner(StepRunner):
 
   def _make_step(self, optimizer):
     return step_lib.make_sharded_step(optimizer, self.cfg, self.mesh)
+
+  def sampling_params(self):
+    """Across hosts a host samples from a whole copy of the trainable params (they are split over every host's
+    devices), gathered once a step; on one host the sharded arrays themselves."""
+    base, adapters = super().sampling_params()
+    if jax.process_count() == 1:
+      return base, adapters
+    from jax.experimental import multihost_utils  # noqa: PLC0415
+    gather = lambda t: multihost_utils.process_allgather(t, tiled=True)
+    return (gather(base), None) if adapters is None else (base, gather(adapters))
 
 
 RUNNERS: dict[str, type[StepRunner]] = {"pmap": PmapRunner, "sharded": ShardedRunner}

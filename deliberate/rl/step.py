@@ -20,7 +20,7 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from deliberate.mesh import BATCH_AXES, make_mesh  # noqa: F401  (make_mesh: the one mesh helper)
+from deliberate.mesh import BATCH_AXES, agree_max, make_mesh  # noqa: F401  (make_mesh: the one mesh helper)
 from deliberate.model.config import ModelConfig
 from deliberate.rl import logprobs, lora
 from deliberate.rl.batch import graph_batch
@@ -107,22 +107,34 @@ def _check_rows(rows: int, shards: int, cfg: StepConfig) -> None:
 # ----------------------------------------------------------------------------------------------- pmap (replicated)
 
 def replicate(tree: Any, n: int | None = None) -> Any:
-  """One copy per local device (the first n), placed once, so that pmap does not re-send it on every call."""
+  """One copy per local device (the first n), placed once, so that pmap does not re-send it on every call. Across
+  hosts, the stacked host copies themselves (pmap places them on the global device set on its first call)."""
   devices = jax.local_devices()[:n or jax.local_device_count()]
+  if jax.process_count() > 1:
+    return jax.tree.map(lambda x: np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x))), tree)
   sharding = NamedSharding(Mesh(np.array(devices), ("data",)), P("data"))
   stack = lambda x: np.broadcast_to(np.asarray(x), (len(devices), *np.shape(x)))
   return jax.tree.map(lambda x: jax.device_put(stack(x), sharding), tree)
 
 
 def unreplicate(tree: Any) -> Any:
-  return jax.tree.map(lambda x: x[0], tree)
+  """The first local copy (across hosts, device 0 of the global array is not this host's)."""
+  def first(x):
+    if not isinstance(x, jax.Array):
+      return x[0]
+    d = x.addressable_data(0)
+    return d[0] if d.ndim == x.ndim else d
+  return jax.tree.map(first, tree)
 
 
 def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, devices: list | None = None
                    ) -> Callable[[State, Any, Mapping[str, np.ndarray]], tuple[State, loss_lib.Metrics]]:
-  """step(replicated state, replicated frozen, host batch from `prepare_batch`) -> (state, metrics)."""
-  devices = devices or jax.local_devices()
-  n = len(devices)
+  """step(replicated state, replicated frozen, host batch from `prepare_batch`) -> (state, metrics).
+
+  Across hosts, pmap maps over every device of every host (each host passes the rows of its own devices), so the
+  psums reduce over the global batch."""
+  devices = devices or (jax.local_devices() if jax.process_count() == 1 else None)
+  n = len(devices) if devices else jax.local_device_count()
 
   def device_step(state, frozen, batch, k):
     denom = jax.lax.psum(jnp.sum(batch["norm_counts_B"]), "data")
@@ -138,7 +150,7 @@ def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, dev
   def step(state, frozen, batch):
     rows = batch["tokens_BxT"].shape[0]
     _check_rows(rows, n, cfg)
-    k = logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple)
+    k, = agree_max(logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple))
     local = jax.tree.map(lambda x: np.asarray(x).reshape(n, rows // n, *x.shape[1:]), graph_batch(batch))
     return pstep(state, frozen, local, k)
 
@@ -197,15 +209,20 @@ def make_sharded_step(optimizer: optax.GradientTransformation, cfg: StepConfig, 
 
   cache = {}
 
+  local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+
   def step(state, frozen, batch):
-    rows = batch["tokens_BxT"].shape[0]
-    _check_rows(rows, mesh.size, cfg)
-    k = logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple)
+    rows = batch["tokens_BxT"].shape[0]  # this host's rows: the whole batch on one host
+    _check_rows(rows, local_devices, cfg)
+    k, = agree_max(logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple))
     if "fn" not in cache:
       shardings = jax.tree.map(lambda x: x.sharding, state)
       fn = functools.partial(step_fn, param_shardings=shardings["params"])
       cache["fn"] = jax.jit(fn, static_argnums=(3,), donate_argnums=(0,),
                             out_shardings=(shardings, NamedSharding(mesh, P())))
-    return cache["fn"](state, frozen, jax.device_put(graph_batch(batch), rows_sharding), k)
+    placed = (jax.device_put(graph_batch(batch), rows_sharding) if jax.process_count() == 1 else
+              {n: jax.make_array_from_process_local_data(rows_sharding, np.asarray(x))
+               for n, x in graph_batch(batch).items()})
+    return cache["fn"](state, frozen, placed, k)
 
   return step

@@ -101,6 +101,9 @@ class SamplingEngine:
         raise ValueError(f"SamplingEngine.row_axes: {bad} are not axes of the mesh {dict(mesh.shape)}")
       check_layout(config, dict(mesh.shape), self.row_axes)
     self._base = None
+    # Added to every request's row id: on host h of a multi-host run, the first row id of its share of the global
+    # rollout, so that a dialogue draws the same tokens whichever host samples it (deliberate/trainer.py sets it).
+    self.row_offset = 0
     self.layout_bytes = 0
     self.set_params(params, lora)
     self.stop_ids = jnp.asarray(sorted(set(config.eos_ids) | set(stop_ids)) or [-1], jnp.int32)
@@ -200,7 +203,7 @@ class SamplingEngine:
     src_B = np.zeros((b,), np.int32)
     src_B[:n_rows] = src
     row_ids_B = np.zeros((b,), np.int32)
-    row_ids_B[:n_rows] = [r.row_id for r in requests]
+    row_ids_B[:n_rows] = [r.row_id + self.row_offset for r in requests]
     active_B = np.arange(b) < n_rows
     fn = self._programs.setdefault(sp, jitted_sample(self.config, sp, self._cache_sharding()))
     self.compiled_shapes.add((sp, u, p, b))

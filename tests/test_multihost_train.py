@@ -1,0 +1,122 @@
+"""Two real processes on 127.0.0.1 (jax.distributed, gloo CPU collectives) train as one process with the same
+global batch would, for both step kinds, and a run killed in one process resumes on both to the same params."""
+import hashlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import pytest
+
+from deliberate import checkpointing
+from deliberate.data import loader
+from deliberate.judge import rubrics, serve
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _hashing_judge(messages_lists, max_tokens, temperature):
+  """Deterministic: agreement at once, CA score = a hash of the completion (varied rewards, so params move)."""
+  out = []
+  for messages in messages_lists:
+    if rubrics.CA_VERSION in messages[0]["content"]:
+      out.append(f"Score: {int(hashlib.sha256(messages[-1]['content'].encode()).hexdigest(), 16) % 6}")
+    else:
+      out.append("Verdict: yes")
+  return out
+
+
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+  data_dir = str(tmp_path_factory.mktemp("tfds"))
+  loader.PromptIterator(data_dir, 0, 1)  # prepared once, so the processes never race to build it
+  server = serve.start_server("model", generate_fn=_hashing_judge)
+  yield data_dir, server.url
+  server.stop()
+
+
+def _port() -> int:
+  with socket.socket() as s:
+    s.bind(("127.0.0.1", 0))
+    return s.getsockname()[1]
+
+
+def _launch(workdir, setup, *, devices, step_kind, process=None, steps=2):
+  data_dir, url = setup
+  env = dict(os.environ, XLA_FLAGS=f"--xla_force_host_platform_device_count={devices}", JAX_PLATFORMS="cpu")
+  cmd = [sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config", os.path.join(ROOT, "configs", "tiny.py"),
+         "--workdir", workdir, f"--config.num_steps={steps}", "--config.tensorboard=False",
+         "--config.judge.embedded=False", f"--config.judge.base_url={url}", f"--config.data.data_dir={data_dir}",
+         "--config.data.prompts_per_step=2", f"--config.rl.step={step_kind}", "--config.rl.lora_rank=4"]
+  if process is not None:
+    cmd += [f"--coordinator_address={process[0]}", "--num_processes=2", f"--process_id={process[1]}"]
+  return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+
+
+def _two_hosts(workdir, setup, step_kind, steps=2):
+  address = f"127.0.0.1:{_port()}"
+  return [_launch(workdir, setup, devices=2, step_kind=step_kind, process=(address, i), steps=steps) for i in (0, 1)]
+
+
+def _wait(procs, timeout=600):
+  outs = [p.communicate(timeout=timeout)[0] for p in procs]
+  for p, out in zip(procs, outs):
+    assert p.returncode == 0, out[-4000:]
+  return outs
+
+
+def _params(workdir):
+  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  step = ckpt.latest_step
+  out = ckpt.manager.restore(step)
+  ckpt.close()
+  return step, jax.tree.map(np.asarray, out["params"])
+
+
+def _records(workdir):
+  from deliberate.negotiation.records import read_records
+  recs = sorted(read_records(os.path.join(workdir, "records")), key=lambda r: (r["step"], r["dilemma_id"], r["index"]))
+  return [(r["step"], r["dilemma_id"], [t["ids"] for t in r["turns"]], r["completion_ids"], r["reward"]) for r in recs]
+
+
+@pytest.mark.parametrize("step_kind", ["pmap", "sharded"])
+def test_two_processes_train_like_one(tmp_path, setup, step_kind):
+  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+  _wait([_launch(one, setup, devices=4, step_kind=step_kind)])
+  outs = _wait(_two_hosts(two, setup, step_kind))
+  assert "metrics:" in outs[0] and "metrics:" not in outs[1]        # process 0 alone reports
+  assert sorted(os.listdir(os.path.join(two, "records"))) == ["dialogues-host0-00000.jsonl",
+                                                              "dialogues-host1-00000.jsonl"]
+  assert _records(two) == _records(one)                              # the same dialogues, whichever host
+  (s1, p1), (s2, p2) = _params(one), _params(two)
+  assert s1 == s2 == 2
+  moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p2, jax.tree.map(np.zeros_like, p2))
+  assert max(jax.tree.leaves(moved)) > 0                             # LoRA b moved away from 0: it trained
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p2, p1)
+
+
+def test_kill_one_process_then_resume_both(tmp_path, setup):
+  ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
+  _wait(_two_hosts(ref, setup, "pmap", steps=3))
+  procs = _two_hosts(killed, setup, "pmap", steps=3)
+  first = os.path.join(killed, "checkpoints", "1")
+  deadline = time.time() + 600
+  while not os.path.isdir(first) and procs[0].poll() is None and time.time() < deadline:
+    time.sleep(0.05)
+  assert procs[1].poll() is None, "the run finished before it could be killed"
+  procs[1].send_signal(signal.SIGKILL)
+  procs[1].wait()
+  try:
+    procs[0].wait(timeout=120)  # its peer is gone: it fails (or hangs in a collective) and is stopped
+  except subprocess.TimeoutExpired:
+    procs[0].kill()
+    procs[0].wait()
+  outs = _wait(_two_hosts(killed, setup, "pmap", steps=3))
+  assert "resumed from" in outs[0]
+  (s_ref, p_ref), (s, p) = _params(ref), _params(killed)
+  assert s_ref == s == 3
+  jax.tree.map(np.testing.assert_array_equal, p, p_ref)
