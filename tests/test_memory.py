@@ -1,0 +1,52 @@
+"""bench/memory.py on a tiny config, so that the analysis cannot rot: every program compiles from abstract shapes,
+its numbers are sane, the old merged-f32 LoRA costs more, and a bad mesh fails naming the field."""
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "bench"))
+import memory  # noqa: E402
+
+from deliberate.config import base_config  # noqa: E402
+
+PROGRAMS = ("sample_turn", "sample_final", "prefill_turn", "decode_turn", "prefill_final", "decode_final",
+            "train_step")
+
+
+def _tiny():
+  c = base_config()
+  c.model.name = "tiny"
+  c.model.tiny.update(vocab_size=256, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=128)
+  c.negotiation.group_size, c.negotiation.max_turns = 2, 2
+  c.negotiation.max_turn_tokens = c.negotiation.max_completion_tokens = 8
+  c.data.prompts_per_step = 2
+  c.rl.lora_rank = 4
+  return c
+
+
+@pytest.fixture(scope="module")
+def after():
+  return memory.analyze(_tiny(), 4, 2, opening=40)
+
+
+def test_every_program_compiles_with_sane_numbers(after):
+  r = after
+  assert r["mesh"] == {"data": 4, "fsdp": 2}
+  for p in PROGRAMS:
+    assert r[p]["peak"] > 0 and r[p]["flops"] > 0 and r[p]["bytes"] > 0, p
+  assert r["decode_turn"]["flops"] < r["prefill_turn"]["flops"]  # one token against a whole prompt
+  for target in memory.TARGETS:
+    assert 0 < r["roofline"][target]["step_s"] < 1.0
+  text = memory.table(r, "tiny")
+  assert "train_step" in text and "v5e(16)" in text
+
+
+def test_the_merged_float32_lora_of_before_costs_more_memory(after):
+  before = memory.analyze(_tiny(), 4, 2, before=True, opening=40)
+  assert before["sample_turn"]["args"] > after["sample_turn"]["args"]  # an f32 replica against bf16/f32 shards
+
+
+def test_a_mesh_that_does_not_divide_the_heads_fails_naming_the_field():
+  with pytest.raises(ValueError, match="config.rl.mesh_fsdp: 8 does not divide the model's n_kv_heads = 2"):
+    memory.analyze(_tiny(), 1, 8, opening=40)
