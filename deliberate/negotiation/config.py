@@ -4,6 +4,8 @@ from __future__ import annotations
 import ml_collections
 
 FAILED_POLICIES = ("exclude", "zero")
+TRUNCATED_POLICIES = ("keep", "mask", "penalize")
+SCHEDULERS = ("lockstep", "async")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -21,8 +23,17 @@ def default_config() -> ml_collections.ConfigDict:
   c.agreement_judge_turns = 0       # turns shown to the agreement judge (0 = the whole dialogue); not disclosed
   c.failed_policy = "exclude"       # a dialogue whose judge failed: 'exclude' from its group, or score 'zero'
   c.agent1_only = False             # ablation: mask Agent 2's turns out of the loss
+  # A turn cut at max_turn_tokens: 'keep' it in the loss (default), 'mask' it out of the loss and its normaliser
+  # (DAPO's overlong filtering), or 'penalize' the dialogue's reward by truncation_penalty x its cut-turn fraction
+  # (DAPO's overlong punishment). 'keep' because the paper sums over every dialogue token, because the agreement
+  # verdict reads a turn's opening ("I agree ...") which a cut does not remove (masking would drop the very turns
+  # that earned the reward), and because the short-turn prompt and the budget keep cuts rare (issue 16: <= 30%).
+  c.truncated_turns = "keep"
+  c.truncation_penalty = 1.0        # 'penalize' only: reward points for a dialogue whose every turn was cut
   c.overlap_judge = False           # sample the next turn while the agreement judge runs (speculative; pays off
                                     # with a slow remote judge, wastes compute with a fast local one)
+  c.scheduler = "lockstep"          # 'lockstep': a turn for every active dialogue, then every verdict; 'async': each
+                                    # dialogue advances as soon as its own verdict is in (negotiation/scheduler.py)
   return c
 
 
@@ -39,5 +50,11 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.negotiation") -
   for f in ("turn_top_p", "completion_top_p"):
     if not 0 < c[f] <= 1:
       raise ValueError(f"{prefix}.{f}: must be in (0, 1], got {c[f]}")
+  if c.get("truncated_turns", "keep") not in TRUNCATED_POLICIES:
+    raise ValueError(f"{prefix}.truncated_turns: {c.truncated_turns!r} is not one of {TRUNCATED_POLICIES}")
+  if c.get("truncation_penalty", 0.0) < 0:
+    raise ValueError(f"{prefix}.truncation_penalty: must be >= 0, got {c.truncation_penalty}")
   if c.failed_policy not in FAILED_POLICIES:
     raise ValueError(f"{prefix}.failed_policy: {c.failed_policy!r} is not 'exclude' or 'zero'")
+  if c.scheduler not in SCHEDULERS:
+    raise ValueError(f"{prefix}.scheduler: {c.scheduler!r} is not one of {SCHEDULERS}")

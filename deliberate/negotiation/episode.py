@@ -1,8 +1,15 @@
 """Self-play negotiation episodes, batched across P prompts x G dialogues.
 
-Per turn, every active dialogue is sampled in one engine call, then every active dialogue is judged for agreement in
-one concurrent burst. Dialogues that agree (or whose judge fails) drop out, so later turns compute only what is left.
-Completions and Collective-Agency scores are batched the same way once the turns are over.
+`negotiation.scheduler` picks how the episodes move:
+- 'lockstep': per turn, every active dialogue is sampled in one engine call, then every active dialogue is judged for
+  agreement in one concurrent burst. Dialogues that agree (or whose judge fails) drop out, so later turns compute
+  only what is left. Completions and Collective-Agency scores are batched the same way once the turns are over.
+- 'async' (scheduler.py): each dialogue advances as soon as its own verdict is in, so the judge's latency hides
+  behind the sampling of other dialogues.
+Both key every sampled row by (dialogue, turn) (`row id = dialogue * (max_turns + 1) + turn`, the completion in the
+last slot), never by batch position, so the two give the same tokens for the same seed and judge. Their log-probs
+can differ in the last float32 bits: the engine's numerics depend on the shapes of a call (rows, unique prompts,
+prompt bucket), which the two schedulers compose differently.
 """
 from __future__ import annotations
 
@@ -97,31 +104,43 @@ class Negotiator:
     self.stop = tok_lib.stop_ids(tokenizer)
     self.slots = c.max_turns + 1  # row ids: dialogue * slots + turn; the last slot is the completion's
     self.timings = {"sample_s": 0.0, "judge_wait_s": 0.0}  # cumulative: sampling vs waiting on the judge
+    self.sample_calls: list[tuple[str, int]] = []  # (kind, rows) of every engine call, for tests and benches
 
+  # --- the pieces both schedulers use, one dialogue at a time
   def _render(self, messages) -> list[int]:
     return tok_lib.render_ids(self.tokenizer, messages, add_generation_prompt=True, stop=self.stop)
 
-  def _turn_request(self, d: Dialogue) -> Request:
-    t = len(d.turns)
+  def _generate(self, requests: Sequence[Request], sp: SamplingParams, seed: int, kind: str) -> list:
+    t0 = time.time()
+    outs = self.engine.generate(requests, sp, seed) if requests else []
+    self.timings["sample_s"] += time.time() - t0
+    if requests:
+      self.sample_calls.append((kind, len(requests)))
+    return outs
+
+  def turn_request(self, d: Dialogue, t: int | None = None) -> Request:
+    """The request of turn t (default: the next one) of d; its row id names (dialogue, turn)."""
+    t = len(d.turns) if t is None else t
     agent = 1 if t % 2 == 0 else 2
-    recent = d.turns[-self.config.context_turns:] if t else []
+    recent = d.turns[:t][-self.config.context_turns:] if t else []  # context_turns = 0: all
     messages = prompts.turn_messages(d.dilemma, d.persona(agent), d.persona(3 - agent),
                                      [(d.persona(x.agent), x.response_ids) for x in recent])
     return Request(self._render(messages), d.index * self.slots + t)
 
-  def _sample_turns(self, dialogues: Sequence[Dialogue], seed: int) -> list[Turn]:
-    t0 = time.time()
-    requests = [self._turn_request(d) for d in dialogues]
-    outs = self.engine.generate(requests, self.turn_sp, seed)
-    self.timings["sample_s"] += time.time() - t0
+  def sample_turns(self, dialogues: Sequence[Dialogue], seed: int) -> list[Turn]:
+    """The next turn of every dialogue given, in one engine call."""
+    requests = [self.turn_request(d) for d in dialogues]
+    outs = self._generate(requests, self.turn_sp, seed, "turn")
     return [Turn(1 if len(d.turns) % 2 == 0 else 2, list(r.prompt_ids), o.tokens, o.logprobs,
                  self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip(), o.stop_reason)
             for d, r, o in zip(dialogues, requests, outs)]
 
+  def agreement_kwargs(self, d: Dialogue) -> dict[str, Any]:
+    return dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2,
+                turns=_judge_turns(d, self.config.agreement_judge_turns))
+
   def _submit_agreement(self, dialogues: Sequence[Dialogue]):
-    kwargs = [dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2,
-                   turns=_judge_turns(d, self.config.agreement_judge_turns)) for d in dialogues]
-    return self.judge.map_async(judges.judge_agreement, kwargs)
+    return self.judge.map_async(judges.judge_agreement, [self.agreement_kwargs(d) for d in dialogues])
 
   def _wait(self, future):
     t0 = time.time()
@@ -129,31 +148,76 @@ class Negotiator:
     self.timings["judge_wait_s"] += time.time() - t0
     return out
 
-  def _apply_verdicts(self, dialogues: Sequence[Dialogue], results) -> None:
-    for d, res in zip(dialogues, results):
-      turn = d.turns[-1]
-      turn.judge_latency_s = res.latency_s
-      if not res.ok:
-        turn.judge_failure = res.reason
-        d.failed, d.failure = True, f"agreement judge: {res.reason}"
-      else:
-        turn.agreed = bool(res.value)
-        d.agreed = turn.agreed
+  @staticmethod
+  def apply_verdict(d: Dialogue, res) -> None:
+    """The agreement judge's answer on d's latest turn: agreed, not yet, or a failure that ends d alone."""
+    turn = d.turns[-1]
+    turn.judge_latency_s = res.latency_s
+    if not res.ok:
+      turn.judge_failure = res.reason
+      d.failed, d.failure = True, f"agreement judge: {res.reason}"
+    else:
+      turn.agreed = bool(res.value)
+      d.agreed = turn.agreed
 
+  def writes_completion(self, d: Dialogue, evaluation: bool) -> bool:
+    return not d.failed and (d.agreed or evaluation)
+
+  def completion_request(self, d: Dialogue) -> Request:
+    msgs = prompts.completion_messages(d.dilemma, d.agent1, d.agent2,
+                                       [(d.persona(t.agent), t.response_ids) for t in d.turns])
+    d.completion_prompt_ids = self._render(msgs)
+    return Request(d.completion_prompt_ids, d.index * self.slots + self.slots - 1)
+
+  def sample_completions(self, writers: Sequence[Dialogue], seed: int) -> None:
+    requests = [self.completion_request(d) for d in writers]
+    for d, o in zip(writers, self._generate(requests, self.completion_sp, seed, "completion")):
+      d.completion_ids = o.tokens
+      d.completion_text = self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip()
+
+  @staticmethod
+  def ca_kwargs(d: Dialogue) -> dict[str, Any]:
+    return dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2, completion=d.completion_text)
+
+  @staticmethod
+  def apply_score(d: Dialogue, res) -> None:
+    d.ca_latency_s = res.latency_s
+    if res.ok:
+      d.score = int(res.value)
+    else:
+      d.failed, d.failure = True, f"CA judge: {res.reason}"
+
+  def finish(self, dialogues: Sequence[Dialogue]) -> None:
+    """Rewards (0 without agreement or score) and group exclusion, the same for both schedulers."""
+    for d in dialogues:
+      d.reward = float(d.score) if (d.agreed and d.score is not None) else 0.0
+      d.excluded = d.failed and self.config.failed_policy == "exclude"
+
+  # --- the two schedulers
   def run(self, items: Sequence[Mapping[str, Any]], seed: int, *, evaluation: bool = False) -> list[Dialogue]:
     """items: dicts with 'dilemma' and 'pair'. Returns P*G dialogues, group-major."""
     g = self.config.group_size
     dialogues = [Dialogue(i * g + j, i, it["dilemma"], it["pair"]) for i, it in enumerate(items) for j in range(g)]
+    if self.config.get("scheduler", "lockstep") == "async":
+      from deliberate.negotiation import scheduler  # noqa: PLC0415  (it imports this module)
+      scheduler.AsyncScheduler(self).run(dialogues, seed, evaluation)
+    else:
+      self._run_lockstep(dialogues, seed, evaluation)
+    self.finish(dialogues)
+    return dialogues
+
+  def _run_lockstep(self, dialogues: list[Dialogue], seed: int, evaluation: bool) -> None:
     active = list(dialogues)
-    pending = self._sample_turns(active, seed)
+    pending = self.sample_turns(active, seed)
     for t in range(self.config.max_turns):
       for d, turn in zip(active, pending):
         d.turns.append(turn)
       verdicts = self._submit_agreement(active)
       speculative = None
       if self.config.overlap_judge and t + 1 < self.config.max_turns:
-        speculative = self._sample_turns(active, seed)  # row ids make these the same tokens as a later call
-      self._apply_verdicts(active, self._wait(verdicts))
+        speculative = self.sample_turns(active, seed)  # row ids make these the same tokens as a later call
+      for d, res in zip(active, self._wait(verdicts)):
+        self.apply_verdict(d, res)
       still = [i for i, d in enumerate(active) if d.active]
       if speculative is not None:
         pending = [speculative[i] for i in still]
@@ -161,33 +225,9 @@ class Negotiator:
       if not active or t + 1 == self.config.max_turns:
         break
       if speculative is None:
-        pending = self._sample_turns(active, seed)
-    self._complete_and_score(dialogues, seed, evaluation)
-    return dialogues
-
-  def _complete_and_score(self, dialogues: Sequence[Dialogue], seed: int, evaluation: bool) -> None:
-    writers = [d for d in dialogues if not d.failed and (d.agreed or evaluation)]
-    requests = []
-    for d in writers:
-      msgs = prompts.completion_messages(d.dilemma, d.agent1, d.agent2,
-                                         [(d.persona(t.agent), t.response_ids) for t in d.turns])
-      d.completion_prompt_ids = self._render(msgs)
-      requests.append(Request(d.completion_prompt_ids, d.index * self.slots + self.slots - 1))
-    t0 = time.time()
-    outs = self.engine.generate(requests, self.completion_sp, seed)
-    self.timings["sample_s"] += time.time() - t0
-    for d, o in zip(writers, outs):
-      d.completion_ids = o.tokens
-      d.completion_text = self.tokenizer.decode(o.tokens, skip_special_tokens=True).strip()
-    kwargs = [dict(dilemma=d.dilemma, persona_a=d.agent1, persona_b=d.agent2, completion=d.completion_text)
-              for d in writers]
-    results = self._wait(self.judge.map_async(judges.judge_ca, kwargs)) if writers else []
+        pending = self.sample_turns(active, seed)
+    writers = [d for d in dialogues if self.writes_completion(d, evaluation)]
+    self.sample_completions(writers, seed)
+    results = self._wait(self.judge.map_async(judges.judge_ca, [self.ca_kwargs(d) for d in writers])) if writers else []
     for d, res in zip(writers, results):
-      d.ca_latency_s = res.latency_s
-      if res.ok:
-        d.score = int(res.value)
-      else:
-        d.failed, d.failure = True, f"CA judge: {res.reason}"
-    for d in dialogues:
-      d.reward = float(d.score) if (d.agreed and d.score is not None) else 0.0
-      d.excluded = d.failed and self.config.failed_policy == "exclude"
+      self.apply_score(d, res)
