@@ -161,8 +161,9 @@ def main() -> None:
     proc, c.base_url = start_llamacpp(registry.wheel_model_path("smollm2-135m"), 4096)
     prob_mode = "logprobs"
   else:
-    from deliberate.judge import logits, serve
-    generate_fn = logits.smollm2()
+    from deliberate import policy
+    from deliberate.judge import serve
+    generate_fn = policy.smollm2_judge()
     server = serve.start_server(serve.make_model_backend(generate_fn, max_batch=8, max_wait_s=0.05))
     c.base_url, prob_mode = server.url, "logits"
   c.verdict_reasoning_tokens = args.reasoning_tokens

@@ -59,9 +59,33 @@ def sampling_mesh(sharded: bool) -> jax.sharding.Mesh | None:
   return make_mesh(jax.local_device_count(), 1, devices=jax.local_devices())
 
 
-def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True) -> SamplingEngine:
-  """The sampling engine of a policy, its rows split over every device when `sharded`."""
+def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True, mesh=None,
+                 row_axes: tuple[str, ...] = ("data",)) -> SamplingEngine:
+  """The sampling engine of a policy: on `mesh` (e.g. the sharded train step's, sampling from its params as they are
+  sharded, rows over `row_axes`), else with rows split over this host's devices when `sharded`."""
+  if mesh is not None:
+    return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=mesh, row_axes=row_axes)
   return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=sampling_mesh(sharded))
+
+
+def judge_fn(engine: SamplingEngine, params, config: ModelConfig, tokenizer, verdict_mode: str = "text"):
+  """generate_fn of the judge server's `model` backend, the policy judging with its own engine (self-judging):
+  text answers, or (verdict_mode 'logits') verdicts read from the logits after a bounded reasoning budget, which
+  never fail to parse. The logit scoring reads `params` (the base under LoRA)."""
+  if verdict_mode == "logits":
+    from deliberate.judge.logits import LocalJudgeModel  # noqa: PLC0415
+    return LocalJudgeModel(params, config, tokenizer, engine)
+  return chat_fn(engine, tokenizer)
+
+
+def smollm2_judge():
+  """Factory for `python -m deliberate.judge.serve --backend model --generate-fn deliberate.policy:smollm2_judge`:
+  the embedded SmolLM2 as a local judge, with logit verdicts."""
+  import tempfile  # noqa: PLC0415
+
+  from deliberate.judge.logits import LocalJudgeModel  # noqa: PLC0415
+  p = load_policy(policy_config("smollm2-135m"), tempfile.mkdtemp(prefix="judge-model-"))
+  return LocalJudgeModel(p.params, p.config, p.tokenizer)
 
 
 def chat_fn(engine: SamplingEngine, tokenizer) -> GenerateFn:

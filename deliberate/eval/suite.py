@@ -153,7 +153,9 @@ def generate_outputs(c: ml_collections.ConfigDict, label: str, tasks, questions,
   engine = policy_lib.build_engine(pol.params, pol.config, pol.tokenizer, sharded=c.sampling_sharded)
   self_judging = c.judge.embedded and c.judge.embedded_backend == "model"
   out: dict[str, Any] = {"info": pol.info}
-  with SyncJudge(c.judge, generate_fn=policy_lib.chat_fn(engine, pol.tokenizer) if self_judging else None) as j:
+  judge_fn = (policy_lib.judge_fn(engine, pol.params, pol.config, pol.tokenizer, c.judge.verdict_mode)
+              if self_judging else None)
+  with SyncJudge(c.judge, generate_fn=judge_fn) as j:
     out["judge_model"] = j.client.model
     if tasks:
       neg = conflict.make_negotiator(engine, pol.tokenizer, j, c.negotiation, c.decoding)

@@ -134,17 +134,3 @@ class LocalJudgeModel:
       lps = dict(zip(answers, s))
       results.append((f"{c} {max(lps, key=lps.get)}", lps))
     return results
-
-
-def from_policy(name: str = "smollm2-135m") -> LocalJudgeModel:
-  """A LocalJudgeModel of a base model from the registry (e.g. the embedded SmolLM2)."""
-  import tempfile
-
-  from deliberate import policy
-  p = policy.load_policy(policy.policy_config(name), tempfile.mkdtemp(prefix="judge-model-"))
-  return LocalJudgeModel(p.params, p.config, p.tokenizer)
-
-
-def smollm2() -> LocalJudgeModel:
-  """Factory for `serve --generate-fn deliberate.judge.logits:smollm2`: the embedded SmolLM2 as a judge."""
-  return from_policy("smollm2-135m")

@@ -26,6 +26,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.lora_rank = 16                 # 0 = full fine-tuning; the paper trains (Q)LoRA adapters
   c.lora_alpha = 32.0
   c.lora_targets = "wq,wk,wv,wo,w_gate,w_up,w_down"
+  c.lora_dtype = "float32"         # the adapter path's dtype; bfloat16 loses small updates, as a merge into bf16 does
+  c.sampling_row_axes = "data"     # sharded: mesh axes the sampler splits rollout rows over (the others hold
+                                   # weight and KV-cache shards); the sampler uses the step's params as sharded
   return c
 
 
@@ -51,6 +54,11 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.rl") -> None:
   for f in ("micro_batches", "mesh_fsdp"):
     if c[f] < 1:
       raise ValueError(f"{prefix}.{f}: must be >= 1, got {c[f]}")
+  if c.lora_dtype not in ("float32", "bfloat16"):
+    raise ValueError(f"{prefix}.lora_dtype: expected 'float32' or 'bfloat16', got {c.lora_dtype!r}")
+  bad_axes = [a for a in c.sampling_row_axes.split(",") if a not in ("data", "fsdp")]
+  if bad_axes:
+    raise ValueError(f"{prefix}.sampling_row_axes: {bad_axes} are not axes of the ('data', 'fsdp') mesh")
   if c.lora_rank > 0:
     bad = [t for t in c.lora_targets.split(",") if t not in LORA_TARGETS]
     if bad:

@@ -48,6 +48,10 @@ class StepRunner:
   def _make_step(self, optimizer):
     raise NotImplementedError
 
+  def sampling_mesh(self):
+    """The mesh the sampler should run on (None: the sampler's own mesh over this host's devices)."""
+    return None
+
   def host_state(self) -> dict[str, Any]:
     """The state as one copy (what is checkpointed)."""
     return self.state
@@ -121,7 +125,16 @@ class ShardedRunner(StepRunner):
     return step_lib.init_sharded_state(state["params"], optimizer, self.mesh)
 
   def _place_frozen(self, frozen):
-    return frozen
+    """The frozen base split along fsdp once, as the trainable params are: the step and the sampler share it."""
+    if frozen is None:
+      return None
+    self.frozen = jax.device_put(frozen, step_lib.fsdp_shardings(frozen, self.mesh))
+    return self.frozen
+
+  def sampling_mesh(self):
+    """On one host the sampler runs on the step's mesh, from the params as sharded (no per-step copy of the base);
+    across hosts each host samples on its own devices."""
+    return self.mesh if jax.process_count() == 1 else None
 
   def _make_step(self, optimizer):
     return step_lib.make_sharded_step(optimizer, self.cfg, self.mesh)
@@ -151,8 +164,8 @@ def make_runner(rl: ml_collections.ConfigDict, params: Any, optimizer: optax.Gra
 
 def step_config(rl: ml_collections.ConfigDict, model, temperature: float) -> step_lib.StepConfig:
   """The compiled step's static config from `config.rl` (and the mode's sampling temperature)."""
-  lora = (lora_lib.LoraConfig(rank=rl.lora_rank, alpha=rl.lora_alpha, targets=tuple(rl.lora_targets.split(",")))
-          if rl.lora_rank > 0 else None)
+  lora = (lora_lib.LoraConfig(rank=rl.lora_rank, alpha=rl.lora_alpha, targets=tuple(rl.lora_targets.split(",")),
+                              dtype=rl.lora_dtype) if rl.lora_rank > 0 else None)
   loss = loss_lib.LossConfig(clip_eps_low=rl.clip_eps_low, clip_eps_high=rl.clip_eps_high, beta=rl.beta,
                              norm_mode=rl.norm_mode, norm_constant=rl.norm_constant)
   return step_lib.StepConfig(model=model, loss=loss, lora=lora, num_micro_batches=rl.micro_batches, remat=rl.remat,
