@@ -8,12 +8,30 @@ import sys
 import time
 from typing import Any, Mapping
 
-_PROGRESS_KEYS = (("loss", "loss"), ("reward/group_mean", "CA"), ("negotiation/agreement_rate", "agree"),
-                  ("negotiation/mean_rounds_to_agreement", "rounds"), ("time/sample_s", "sample_s"),
-                  ("time/judge_s", "judge_s"), ("time/train_s", "train_s"))
+_BEFORE = (("loss", "loss"), ("reward/group_mean", "reward"))
+_AFTER = (("negotiation/agreement_rate", "agree"), ("negotiation/mean_rounds_to_agreement", "rounds"),
+          ("negotiation/truncated_turn_fraction", "cut"), ("advantage/zero_advantage_frac", "zero_adv"),
+          ("time/sample_s", "sample_s"), ("time/judge_s", "judge_s"), ("time/train_s", "train_s"))
+
+
+def progress_line(step: int, num_steps: int, elapsed: float, m: Mapping[str, float], judge: str = "") -> str:
+  """One line a step. The score is named after its judge ('lexicon-CA' for the deterministic local judge), and a
+  step that got no score says so with its counts ('n/a [scored 0, failed 4]'), never 'CA=0'."""
+  fmt = lambda keys: [f"{name}={m[k]:.3g}" for k, name in keys if k in m and math.isfinite(m[k])]
+  shown = fmt(_BEFORE)
+  if "ca/scored" in m:
+    label = "lexicon-CA" if "lexicon" in judge else "CA"
+    mean = m.get("ca/group_mean", float("nan"))
+    value = f"{mean:.3g}" if math.isfinite(mean) and m["ca/scored"] > 0 else "n/a"
+    shown.append(f"{label}={value} [scored {m['ca/scored']:.0f}, failed {m.get('ca/failed', 0):.0f}]")
+  shown += fmt(_AFTER)
+  if m.get("skipped_no_signal", 0) > 0:
+    shown.append("update skipped: no row with a non-zero advantage")
+  return f"[step {step}/{num_steps} | {elapsed:.0f}s] " + " ".join(shown)
 
 
 class MetricsWriter:
+  judge = ""  # the judge's model name (the trainer sets it): the progress line names its scores after it
 
   def __init__(self, workdir: str, num_steps: int, use_tensorboard: bool = True, wandb_project: str = ""):
     os.makedirs(workdir, exist_ok=True)
@@ -41,9 +59,7 @@ class MetricsWriter:
       self._tb.flush()
     if self._wandb is not None:
       self._wandb.log(clean, step=step)
-    shown = " ".join(f"{name}={clean[k]:.3g}" for k, name in _PROGRESS_KEYS if k in clean)
-    elapsed = time.time() - self._t0
-    print(f"[step {step}/{self.num_steps} | {elapsed:.0f}s] {shown}", file=sys.stderr, flush=True)
+    print(progress_line(step, self.num_steps, time.time() - self._t0, clean, self.judge), file=sys.stderr, flush=True)
 
   def close(self) -> None:
     self._file.close()

@@ -7,6 +7,7 @@ before any model is loaded (config.validate), then against the loaded tokenizer 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from typing import Any
 
@@ -19,9 +20,10 @@ from deliberate import checkpointing, metric_names as M, metrics_writer, policy
 from deliberate.config import validate
 from deliberate.judge.runner import SyncJudge
 from deliberate.mesh import agree_max
-from deliberate.negotiation.records import RecordWriter
+from deliberate.negotiation.records import LEXICON_NOTE, RecordWriter, is_lexicon, judge_name
 from deliberate.rl import advantages as adv_lib, batch as batch_lib, loss as loss_lib, optim, runner as runner_lib
 from deliberate.tasks.base import Rollout, make_task
+from deliberate.tasks.config import training_temperature
 
 
 def check_judge_reachable(judge_config: ml_collections.ConfigDict) -> None:
@@ -48,6 +50,62 @@ def _host_config(c: ml_collections.ConfigDict, hosts: int) -> ml_collections.Con
   if c.judge.cache_path:
     local.judge.cache_path = f"{c.judge.cache_path}.host{jax.process_index()}"
   return local
+
+
+# Compilations, counted from JAX's own compile events: logged per step (a run compiles nothing new after step 2).
+_COMPILES = {"n": 0, "s": 0.0}
+COMPILES, COMPILE_S = "compile/programs", "compile/seconds"
+SKIPPED_NO_SIGNAL = "skipped_no_signal"
+COMPILE_NOTICE = ("compiling the GRPO train step (forward and backward of the policy at this batch's shape; "
+                  "the sampler's prefill and decode programs were compiled during the rollout): on a 2-core CPU with "
+                  "SmolLM2-135M this first step takes 2-4 minutes, later steps reuse the programs")
+
+
+def _count_compile(event: str, duration: float, **_) -> None:
+  if event == "/jax/core/compile/backend_compile_duration":
+    _COMPILES["n"] += 1
+    _COMPILES["s"] += duration
+
+
+jax.monitoring.register_event_duration_secs_listener(_count_compile)
+
+
+def progress(text: str) -> None:
+  """Within-step progress on stderr (the launcher's absl verbosity does not hide it)."""
+  print(f"  .. {text}", file=sys.stderr, flush=True)
+
+
+def skip_zero_advantage(rl: ml_collections.ConfigDict) -> bool:
+  """Rows with advantage 0 cannot move a beta = 0 loss (their surrogate and its gradient are 0): leave them out of
+  the step's compute, keeping the loss's normaliser. A step where every row is 0 makes no update at all: AdamW's
+  moments are then neither decayed nor applied (a zero-gradient step would still move the params by the momentum
+  of earlier steps) and its step count does not advance; that is the choice (config.rl.skip_zero_advantage=False
+  restores stepping on zero gradients)."""
+  return bool(rl.get("skip_zero_advantage", True)) and rl.beta == 0
+
+
+def step_batch(rows, adv: np.ndarray, *, pad_id: int, multiple: int, loss_cfg: loss_lib.LossConfig,
+               skip_zero: bool, add_reference=lambda b: b) -> dict[str, np.ndarray] | None:
+  """The prepared batch of a step's trained rows, bucketed to (B, T) agreed across hosts; None when no host has a
+  row to train. With `skip_zero`, rows of zero advantage are left out after the normaliser is computed over all of
+  them (rl/batch.py:select), so the update is the one the full batch gives."""
+  trained = [r for r in rows if r.trained]
+  if not skip_zero:
+    if not agree_max(len(trained))[0]:
+      return None
+    local = batch_lib.padded_shape(trained, multiple) if trained else (multiple, 1)
+    b, t = agree_max(*local)
+    batch = batch_lib.collate(trained, adv, pad_id=pad_id, length=t, batch=b)
+    return loss_lib.prepare_batch(add_reference(batch), loss_cfg)
+  full = loss_lib.prepare_batch(batch_lib.collate(trained, adv, pad_id=pad_id), loss_cfg) if trained else None
+  keep = np.flatnonzero(full["advantages_B"] != 0) if full is not None else np.zeros(0, np.int64)
+  if not agree_max(len(keep))[0]:
+    return None
+  local = batch_lib.padded_shape([trained[i] for i in keep], multiple) if len(keep) else (multiple, 1)
+  b, t = agree_max(*local)
+  if full is None:  # this host has nothing, another has: padding rows
+    full = loss_lib.prepare_batch(batch_lib.collate([], adv, pad_id=pad_id, length=1, batch=1), loss_cfg)
+  return batch_lib.select(full, keep, batch_size=b, length=t, pad_id=pad_id)
 
 
 class _QuietWriter:
@@ -77,16 +135,19 @@ class Trainer:
     check_judge_reachable(c.judge)
     scratch = self.workdir if hosts == 1 else os.path.join(self.workdir, "hosts", str(host))
     params, self.model_config, self.tokenizer = policy.load_model(c.model, scratch)
-    self.engine = policy.build_engine(params, self.model_config, self.tokenizer, sharded=c.sampling_sharded)
-    self.judge = SyncJudge(local.judge, generate_fn=policy.chat_fn(self.engine, self.tokenizer)
+    self.optimizer, self.schedule = optim.make_optimizer(c.optim)
+    self.step_config = runner_lib.step_config(c.rl, self.model_config, training_temperature(c))
+    self.runner = runner_lib.make_runner(c.rl, params, self.optimizer, self.step_config, jax.random.key(c.seed))
+    self.engine = policy.build_engine(params, self.model_config, self.tokenizer, sharded=c.sampling_sharded,
+                                      mesh=self.runner.sampling_mesh(),
+                                      row_axes=tuple(c.rl.sampling_row_axes.split(",")))
+    self.judge = SyncJudge(local.judge, generate_fn=policy.judge_fn(self.engine, params, self.model_config,
+                                                                    self.tokenizer, c.judge.verdict_mode)
                            if c.judge.embedded and c.judge.embedded_backend == "model" else None)
     self.task = make_task(local, self.engine, self.tokenizer, self.judge,
                           c.data.data_dir or os.path.join(self.workdir, "tfds"))
     self.task.check_context(self.model_config.max_seq_len)
     self.engine.row_offset = host * local.data.prompts_per_step * self.task.row_ids_per_prompt
-    self.optimizer, self.schedule = optim.make_optimizer(c.optim)
-    self.step_config = runner_lib.step_config(c.rl, self.model_config, self.task.temperature)
-    self.runner = runner_lib.make_runner(c.rl, params, self.optimizer, self.step_config, jax.random.key(c.seed))
     self.checkpointer = checkpointing.Checkpointer(os.path.join(self.workdir, "checkpoints"), c.keep_checkpoints,
                                                    c.checkpoint_every, fallback=c.checkpoint_fallback)
     self.records = RecordWriter(os.path.join(self.workdir, "records"), max_bytes=int(c.records_max_mb * (1 << 20)),
@@ -98,6 +159,12 @@ class Trainer:
     if self.is_main:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:  # what policy.load_policy reads back
         f.write(c.to_json_best_effort(indent=2))
+    # --- issue 16: name the judge where its scores appear; the compile notice before the first update
+    self.writer.judge = judge_name(self.judge)
+    self._first_step = True
+    if is_lexicon(self.writer.judge):
+      print(f"judge: {LEXICON_NOTE}; rewards and 'lexicon-CA' scores are a smoke signal", file=sys.stderr, flush=True)
+    # --- end issue 16
     self._maybe_restore()
 
   @property
@@ -124,23 +191,25 @@ class Trainer:
     self.step = step
     print(f"resumed from {self.checkpointer.directory} at step {step}", flush=True)
 
-  def _batch(self, rollout: Rollout, adv: np.ndarray) -> dict[str, np.ndarray]:
+  def _batch(self, rollout: Rollout, adv: np.ndarray) -> dict[str, np.ndarray] | None:
+    """The step's batch, or None when no host has a row that can move the loss (then nobody steps)."""
     shards = self.num_shards // jax.process_count()  # this host's shards of the step
-    local = (batch_lib.padded_shape(rollout.rows, shards * self.config.rl.micro_batches)
-             if any(r.trained for r in rollout.rows) else (shards * self.config.rl.micro_batches, 1))
-    b, t = agree_max(*local)
-    batch = batch_lib.collate(rollout.rows, adv, pad_id=self.model_config.pad_id, length=t, batch=b)
-    return loss_lib.prepare_batch(self.runner.add_reference(batch), self.step_config.loss)
+    return step_batch(rollout.rows, adv, pad_id=self.model_config.pad_id,
+                      multiple=shards * self.config.rl.micro_batches, loss_cfg=self.step_config.loss,
+                      skip_zero=skip_zero_advantage(self.config.rl), add_reference=self.runner.add_reference)
 
   def train_one_step(self) -> dict[str, float]:
     c = self.config
     items = self.task.data.next_batch()
     seed = int(jax.random.randint(jax.random.fold_in(jax.random.key(c.seed), self.step), (), 0, 2**31 - 1))
+    compiles_before, compile_s_before = _COMPILES["n"], _COMPILES["s"]
+    progress(f"step {self.step + 1}/{c.num_steps}: rolling out {len(items)} prompts")
     t0 = time.time()
     self.engine.set_params(*self.runner.sampling_params())
     judge_before = self.judge.metrics()
     rollout = self.task.rollout(items, seed)
     t_rollout = time.time() - t0
+    progress(f"rollout done in {t_rollout:.0f}s ({len(rollout.rows)} rows)")
     adv, _, adv_stats = adv_lib.group_advantages(rollout.rewards, rollout.groups, valid=rollout.valid,
                                                  scale_by_std=c.rl.scale_by_std)
     metrics = dict(rollout.metrics)
@@ -149,9 +218,13 @@ class Trainer:
     metrics.update({k: v for k, v in judge_after.items() if "latency" in k})
     for k in M.JUDGE_COUNTERS:
       metrics[k] = judge_after.get(k, 0) - judge_before.get(k, 0)
-    if agree_max(any(r.trained for r in rollout.rows))[0]:  # every host steps, or none does
-      t1 = time.time()
-      batch = self._batch(rollout, adv)
+    t1 = time.time()
+    batch = self._batch(rollout, adv)
+    if batch is not None:
+      if self._first_step:
+        print(COMPILE_NOTICE, file=sys.stderr, flush=True)
+      progress(f"training on {int((batch['loss_weights_B'] > 0).sum())} rows "
+               f"({int(batch['loss_mask_BxT'].sum())} target tokens; {len(rollout.rows)} rows in the rollout)")
       metrics.update(self.runner.step(batch))
       t_train = time.time() - t1
       metrics.update({M.TIME_TRAIN: t_train, M.TRAIN_ROWS: len(batch["tokens_BxT"]),
@@ -159,8 +232,13 @@ class Trainer:
                       M.TRAIN_TOKENS_PER_S: float((batch["positions_BxT"] >= 0).sum()) / max(t_train, 1e-9)})
       if metrics.get(M.SKIPPED, 0) > 0:
         print(f"step {self.step}: non-finite loss or gradient, update skipped (params unchanged)", flush=True)
+    elif any(r.trained for r in rollout.rows):
+      metrics.update({SKIPPED_NO_SIGNAL: 1.0, M.TIME_TRAIN: 0.0})  # every advantage 0: nothing to learn, no update
     else:
-      metrics[M.SKIPPED_NO_ROWS] = 1.0
+      metrics.update({M.SKIPPED_NO_ROWS: 1.0, M.TIME_TRAIN: 0.0})
+    self._first_step = False
+    metrics[COMPILES] = _COMPILES["n"] - compiles_before
+    metrics[COMPILE_S] = _COMPILES["s"] - compile_s_before
     judge_s = metrics.get(M.TIME_JUDGE, 0.0)
     metrics.update({M.TIME_ROLLOUT: t_rollout, M.TIME_JUDGE: judge_s, M.TIME_SAMPLE: t_rollout - judge_s,
                     M.LR: float(self.schedule(self.step))})

@@ -73,3 +73,21 @@ def test_records_rotate_append_and_show(tmp_path, capsys):
   (tmp_path / "dialogues-00009.jsonl").write_text('{"step": 1}\nnot json\n')
   with pytest.raises(ValueError, match=r"dialogues-00009.jsonl:2"):
     list(records.read_records(str(tmp_path)))
+
+
+def test_truncated_turns_masked_only_when_asked():
+  d = _dialogue(0, [1, 2, 1])
+  d.turns[1].stop_reason = "length"                                # Agent 2's turn was cut at the token limit
+  assert all(r.trained for r in rows.dialogue_rows([d]))          # 'keep', the default
+  masked = rows.dialogue_rows([d], mask_truncated=True)
+  assert [r.trained for r in masked] == [True, False, True]
+
+
+def test_records_name_their_judge():
+  lexicon = "deterministic-local-judge (lexicon)"
+  r = records.dialogue_record(_dialogue(0, [1, 2]), step=1, judge=lexicon)
+  assert r["judge"] == lexicon and "deterministic local judge" in r["judge_kind"]
+  text = format_record(r)
+  assert "lexicon-CA score 4" in text and "not an LLM" in text and "| CA score" not in text
+  llm = records.dialogue_record(_dialogue(0, [1, 2]), step=1, judge="gpt-4o-mini")
+  assert llm["judge_kind"] == "LLM judge" and "| CA score 4" in format_record(llm)

@@ -181,3 +181,13 @@ def test_sharded_full_finetune_with_eval_keeps_sampling_params_alive(tmp_path, j
   m = t.train_one_step()
   t.close()
   assert m["eval/negotiation/dialogues"] == c.negotiation.group_size
+
+
+def test_progress_line_names_the_judge_and_a_step_without_scores():
+  from deliberate.metrics_writer import progress_line
+  lexicon = "deterministic-local-judge (lexicon)"
+  line = progress_line(2, 3, 10.0, {"reward/group_mean": 0.0, "ca/group_mean": float("nan"), "ca/scored": 0,
+                                    "ca/failed": 4, "time/judge_s": 1.5}, lexicon)
+  assert "lexicon-CA=n/a [scored 0, failed 4]" in line and "judge_s=1.5" in line and " CA=" not in line
+  line = progress_line(2, 3, 10.0, {"ca/group_mean": 2.5, "ca/scored": 3, "ca/failed": 1}, "gpt-4o-mini")
+  assert "CA=2.5 [scored 3, failed 1]" in line and "lexicon" not in line

@@ -11,9 +11,32 @@ from deliberate.negotiation.episode import Dialogue
 from deliberate.negotiation.prompts import PROMPT_VERSION
 
 
-def dialogue_record(d: Dialogue, step: int) -> dict[str, Any]:
+LEXICON_NOTE = "deterministic local judge (lexicon: a keyword heuristic, not an LLM; its scores are not CA judgements)"
+
+
+def judge_name(judge) -> str:
+  """The model name a judge's answers come from (the embedded server's own name, e.g. the lexicon's)."""
+  client = getattr(judge, "client", None)
+  return str(getattr(client, "model", "") or getattr(getattr(judge, "config", None), "model", "") or "unknown judge")
+
+
+def is_lexicon(name: str) -> bool:
+  return "lexicon" in (name or "")
+
+
+def score_label(name: str) -> str:
+  """What a score from this judge is called wherever it is shown: never plain 'CA' for the keyword heuristic."""
+  return "lexicon-CA" if is_lexicon(name) else "CA"
+
+
+def judge_fields(name: str) -> dict[str, str]:
+  """Every record stores which judge produced its verdicts and scores."""
+  return {"judge": name, "judge_kind": LEXICON_NOTE if is_lexicon(name) else "LLM judge"}
+
+
+def dialogue_record(d: Dialogue, step: int, judge: str = "unknown judge") -> dict[str, Any]:
   return {
-      "step": step, "index": d.index, "group": d.group, "prompt_version": PROMPT_VERSION,
+      "step": step, **judge_fields(judge), "index": d.index, "group": d.group, "prompt_version": PROMPT_VERSION,
       "dilemma_id": d.dilemma["id"], "pair_id": d.pair["pair_id"],
       "agent1": d.agent1["id"], "agent2": d.agent2["id"],
       "turns": [{"agent": t.agent, "text": t.text, "ids": t.response_ids, "stop_reason": t.stop_reason,
@@ -27,17 +50,21 @@ def dialogue_record(d: Dialogue, step: int) -> dict[str, Any]:
 
 def format_record(r: dict) -> str:
   """A dialogue record for a human reader."""
+  label = score_label(r.get("judge", ""))
   lines = [f"== step {r['step']} dialogue {r['index']} (group {r['group']}) | dilemma {r['dilemma_id']} | "
            f"pair {r['pair_id']}: {r['agent1']} vs {r['agent2']}"]
   for i, t in enumerate(r["turns"], 1):
     verdict = {True: "agreed", False: "no agreement", None: f"judge failed ({t.get('judge_failure')})"}[t["agreed"]]
-    lines.append(f"-- turn {i}, Agent {t['agent']} [{verdict}]")
+    cut = ", cut at the token limit" if t.get("stop_reason") == "length" else ""
+    lines.append(f"-- turn {i}, Agent {t['agent']} [{verdict}{cut}]")
     lines.append(textwrap.fill(t["text"], 100, initial_indent="   ", subsequent_indent="   "))
   if r.get("completion"):
     lines.append("-- final completion (Agent 1)")
     lines.append(textwrap.fill(r["completion"], 100, initial_indent="   ", subsequent_indent="   "))
   status = "FAILED: " + r["failure"] if r["failed"] else ("agreed" if r["agreed"] else "no agreement")
-  lines.append(f"-- {status} after {r['rounds']} turns | CA score {r['score']} | reward {r['reward']}")
+  lines.append(f"-- {status} after {r['rounds']} turns | {label} score {r['score']} | reward {r['reward']}")
+  lines.append(f"-- verdicts and scores by: {r.get('judge', 'unknown judge (record predates judge labels)')}"
+               + (f" = {LEXICON_NOTE}" if is_lexicon(r.get("judge", "")) else ""))
   return "\n".join(lines)
 
 

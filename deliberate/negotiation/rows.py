@@ -11,7 +11,13 @@ from deliberate.negotiation.episode import Dialogue
 from deliberate.rl.batch import Row
 
 
-def dialogue_rows(dialogues: Sequence[Dialogue], agent1_only: bool = False) -> list[Row]:
-  """Every turn of every dialogue that takes part in its group (excluded dialogues give no rows)."""
-  return [Row(t.prompt_ids, t.response_ids, t.logprobs, d.index, t.agent, not (agent1_only and t.agent == 2))
+def dialogue_rows(dialogues: Sequence[Dialogue], agent1_only: bool = False, mask_truncated: bool = False
+                  ) -> list[Row]:
+  """Every turn of every dialogue that takes part in its group (excluded dialogues give no rows).
+
+  `mask_truncated` (negotiation.truncated_turns='mask', DAPO's overlong filtering): a turn cut at the token limit
+  stays in the record but leaves the loss, its tokens out of the normaliser too.
+  """
+  return [Row(t.prompt_ids, t.response_ids, t.logprobs, d.index, t.agent,
+              not (agent1_only and t.agent == 2) and not (mask_truncated and t.stop_reason == "length"))
           for d in dialogues if not d.excluded for t in d.turns]

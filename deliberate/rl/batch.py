@@ -102,3 +102,40 @@ def collate(rows: Sequence[Row], advantages: Sequence[float], *, pad_id: int = 0
     out["advantages_B"][i] = advantages[r.sequence]
     out["seq_ids_B"][i] = r.sequence
   return out
+
+
+def _pad_value(name: str, pad_id: int) -> int:
+  return pad_id if name == "tokens_BxT" else -1 if name in ("positions_BxT", "seq_ids_B") else 0
+
+
+def select(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, batch_size: int, length: int,
+           pad_id: int = 0) -> dict[str, np.ndarray]:
+  """The rows `keep` of a prepared batch (rl/loss.py:prepare_batch), padded to (batch_size, length).
+
+  Used to leave out rows that cannot move the loss (advantage 0 with beta 0) while keeping its normaliser exactly:
+  the left-out rows' shares of `norm_counts_B` ride on row 0, so sum(norm_counts_B), the loss's divisor, is the
+  whole batch's. Everything the step reads per row is otherwise unchanged.
+  """
+  keep = np.asarray(keep, np.int64)
+  if len(keep) > batch_size:
+    raise ValueError(f"select: {len(keep)} rows exceed the step's batch {batch_size}")
+  specs = {**INPUT_FIELDS, **OPTIONAL_FIELDS, **DERIVED_FIELDS}
+  out = {}
+  for name, x in batch.items():
+    dtype, axes = specs[name]
+    shape = (batch_size, length) if axes == "BT" else (batch_size,)
+    y = np.full(shape, _pad_value(name, pad_id), dtype)
+    rows = np.asarray(x)[keep]
+    if axes == "BT":
+      used = np.asarray(batch["positions_BxT"])[keep] >= 0
+      if used[:, length:].any():
+        raise ValueError(f"select: a kept row is longer than the step's length {length}")
+      rows = rows[:, :length]
+      y[:len(keep), :rows.shape[1]] = rows
+    else:
+      y[:len(keep)] = rows
+    out[name] = y
+  if "norm_counts_B" in out:
+    out["norm_counts_B"][0] += np.float32(np.sum(batch["norm_counts_B"], dtype=np.float64)
+                                          - np.sum(batch["norm_counts_B"][keep], dtype=np.float64))
+  return out

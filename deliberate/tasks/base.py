@@ -12,6 +12,7 @@ from typing import Any, Mapping, Protocol, Sequence
 import ml_collections
 import numpy as np
 
+from deliberate.negotiation.records import LEXICON_NOTE, is_lexicon, judge_name, score_label  # noqa: F401
 from deliberate.rl.batch import Row
 
 
@@ -31,6 +32,7 @@ class Task(Protocol):
   """A training mode. Constructed once per run, after the config is validated and the policy is loaded."""
   name: str
   temperature: float             # the sampling temperature of the trained tokens (the loss's log-probs use it)
+  row_ids_per_prompt: int        # sampling row ids a prompt's rollout uses: host h's ids start at h x P_host x this
   data: Any                      # the prompt iterator: next_batch(), state(), restore(), num_items, prompt_at()
 
   def check_context(self, max_seq_len: int) -> None:
@@ -54,5 +56,5 @@ def make_task(config: ml_collections.ConfigDict, engine, tokenizer, judge, data_
   import importlib  # noqa: PLC0415
 
   from deliberate.tasks.config import MODES  # noqa: PLC0415
-  module, _ = MODES[config.mode]
+  module = MODES[config.mode][0]
   return importlib.import_module(module).Task(config, engine, tokenizer, judge, data_dir)

@@ -7,9 +7,27 @@ from __future__ import annotations
 
 import ml_collections
 
-# mode -> (module holding `Task`, the config section that configures it)
-MODES = {"negotiation": ("deliberate.tasks.negotiation", "negotiation"),
-         "single_agent": ("deliberate.tasks.single_agent", "single_agent")}
+# mode -> (module holding `Task`, the config section that configures it, that section's sampling temperature of the
+# trained tokens: the loss's log-probs are those of logits / T, as sampled)
+MODES = {"negotiation": ("deliberate.tasks.negotiation", "negotiation", "turn_temperature"),
+         "single_agent": ("deliberate.tasks.single_agent", "single_agent", "temperature"),
+         "target_token": ("deliberate.tasks.target_token", "target_token", "temperature")}  # the learning test's
+
+
+def training_temperature(c: ml_collections.ConfigDict) -> float:
+  """The temperature at which the mode samples the tokens it trains on."""
+  _, section, field = MODES[c.mode]
+  return float(c[section][field])
+
+
+def target_token_config() -> ml_collections.ConfigDict:
+  """The learning test's mode (tasks/target_token.py); not in the base config: a run adds it with mode."""
+  c = ml_collections.ConfigDict()
+  c.group_size = 8
+  c.max_tokens = 8
+  c.temperature = 1.0
+  c.every = 8                       # target tokens: ids divisible by this (a random policy starts near 1/every)
+  return c
 
 
 def single_agent_config() -> ml_collections.ConfigDict:

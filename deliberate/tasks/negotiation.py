@@ -2,6 +2,8 @@
 of Agent 1's final completion (0 without agreement) is the reward of every turn of the dialogue."""
 from __future__ import annotations
 
+import sys
+import time
 from typing import Any, Mapping, Sequence
 
 import jax
@@ -16,6 +18,33 @@ from deliberate.negotiation.rows import dialogue_rows
 from deliberate.tasks.base import Rollout
 
 
+class _Progress:
+  """The engine as the Negotiator sees it, printing one line per sampling call (turn k of N, the completions)."""
+
+  def __init__(self, engine, section: ml_collections.ConfigDict):
+    self._engine, self._section, self.turn = engine, section, 0
+
+  def __getattr__(self, name):
+    return getattr(self._engine, name)
+
+  def __setattr__(self, name, value):
+    if name in ("_engine", "_section", "turn"):
+      object.__setattr__(self, name, value)
+    else:
+      setattr(self._engine, name, value)
+
+  def generate(self, requests, sp, seed, *args, **kwargs):
+    t0 = time.time()
+    out = self._engine.generate(requests, sp, seed, *args, **kwargs)
+    completion = (sp.temperature == self._section.completion_temperature
+                  and sp.max_new_tokens == self._section.max_completion_tokens)
+    if not completion:
+      self.turn += 1
+    what = "final completions" if completion else f"turn {self.turn} of at most {self._section.max_turns}"
+    print(f"  .. sampled {what}: {len(requests)} dialogues in {time.time() - t0:.0f}s", file=sys.stderr, flush=True)
+    return out
+
+
 class Task:
   name = "negotiation"
 
@@ -23,9 +52,12 @@ class Task:
     self.config, self.tokenizer = config, tokenizer
     self.section = config.negotiation
     self.temperature = self.section.turn_temperature
+    self.row_ids_per_prompt = self.section.group_size * (self.section.max_turns + 1)  # the Negotiator's row ids
     self.data = loader.PromptIterator(data_dir, config.seed, config.data.prompts_per_step, jax.process_index(),
                                       jax.process_count())
-    self.negotiator = episode.Negotiator(engine, tokenizer, judge, self.section)
+    self._progress = _Progress(engine, self.section)
+    self.negotiator = episode.Negotiator(self._progress, tokenizer, judge, self.section)
+    self.judge_name = records.judge_name(judge)
     self.eval_items = (episode.eval_items(loader.eval_conflict_tasks(data_dir)[:config.eval_tasks])
                        if config.eval_every else [])
 
@@ -47,17 +79,23 @@ class Task:
 
   def rollout(self, items: Sequence[Mapping[str, Any]], seed: int) -> Rollout:
     waited = self.negotiator.timings["judge_wait_s"]
+    self._progress.turn = 0
     dialogues = self.negotiator.run(items, seed)
     metrics = neg_metrics.step_metrics(dialogues, self.section.group_size)
     metrics[M.TIME_JUDGE] = self.negotiator.timings["judge_wait_s"] - waited
-    return Rollout(rows=dialogue_rows(dialogues, self.section.agent1_only),
-                   rewards=np.array([d.reward for d in dialogues]),
+    rewards = np.array([d.reward for d in dialogues], np.float64)
+    policy = self.section.get("truncated_turns", "keep")
+    if policy == "penalize":  # DAPO-style: the dialogue's reward pays for its cut-off turns
+      rewards = rewards - self.section.truncation_penalty * np.array(
+          [sum(t.stop_reason == "length" for t in d.turns) / max(d.rounds, 1) for d in dialogues])
+    return Rollout(rows=dialogue_rows(dialogues, self.section.agent1_only, mask_truncated=policy == "mask"),
+                   rewards=rewards,
                    groups=np.array([d.group for d in dialogues]),
                    valid=np.array([not d.excluded for d in dialogues]),
                    metrics=metrics, samples=dialogues)
 
   def records(self, rollout: Rollout, step: int) -> list[dict[str, Any]]:
-    return [records.dialogue_record(d, step) for d in rollout.samples]
+    return [records.dialogue_record(d, step, self.judge_name) for d in rollout.samples]
 
   def evaluate(self, seed: int) -> dict[str, float]:
     """Figure 2's evaluation-set dynamics: the fixed eval tasks, a completion always written."""
@@ -71,4 +109,4 @@ class Task:
     if not rollout.samples:
       return None
     best = max(rollout.samples, key=lambda d: (d.rounds > 1, d.agreed, d.reward, d.rounds))  # a real exchange
-    return "A sample dialogue from the last step:\n" + records.format_record(records.dialogue_record(best, step))
+    return "A sample dialogue from the last step:\n" + records.format_record(records.dialogue_record(best, step, self.judge_name))

@@ -13,6 +13,7 @@ from deliberate import metric_names as M
 from deliberate.data import loader
 from deliberate.judge import judges
 from deliberate.model import tokenizer as tok_lib
+from deliberate.negotiation.records import judge_fields, judge_name
 from deliberate.rl.batch import Row
 from deliberate.sampling.engine import Request
 from deliberate.sampling.sampler import SamplingParams
@@ -35,6 +36,8 @@ class Task:
     self.config, self.engine, self.tokenizer, self.judge = config, engine, tokenizer, judge
     self.section = config.single_agent
     self.temperature = self.section.temperature
+    self.row_ids_per_prompt = self.section.group_size
+    self.judge_name = judge_name(judge)
     self.data = loader.OpenQuestionIterator(data_dir, config.seed, config.data.prompts_per_step,
                                             jax.process_index(), jax.process_count())
 
@@ -70,13 +73,18 @@ class Task:
     metrics = {M.REWARD_GROUP_MIN: float(groups.min(1).mean()), M.REWARD_GROUP_MEAN: float(groups.mean()),
                M.REWARD_GROUP_MAX: float(groups.max(1).mean()),
                "judge/ca_failures": int(sum(not r.ok for r in results)),
+               M.CA_SCORED: int(sum(r.ok for r in results)), M.CA_FAILED: int(sum(not r.ok for r in results)),
                "single_agent/tokens_per_answer": float(np.mean([len(o.tokens) for o in outs])),
                M.TIME_JUDGE: judge_s}
+    scored = [[r.value for r in results[i:i + g] if r.ok] for i in range(0, len(results), g)]
+    scored = [x for x in scored if x]  # a step whose every answer failed has no CA score (NaN), never 0
+    for key, fn in ((M.CA_GROUP_MIN, min), (M.CA_GROUP_MEAN, np.mean), (M.CA_GROUP_MAX, max)):
+      metrics[key] = float(np.mean([fn(x) for x in scored])) if scored else float("nan")
     return Rollout(rows=rows, rewards=rewards, groups=np.repeat(np.arange(len(questions)), g), valid=valid,
                    metrics=metrics, samples=answers)
 
   def records(self, rollout: Rollout, step: int) -> list[dict[str, Any]]:
-    return [{"step": step, **a} for a in rollout.samples]
+    return [{"step": step, **judge_fields(self.judge_name), **a} for a in rollout.samples]
 
   def evaluate(self, seed: int) -> dict[str, float]:
     return {}
