@@ -46,12 +46,12 @@ def judge():
     yield j
 
 
-@pytest.mark.parametrize("overlap", [False, True])
-def test_every_branch(tiny_policy, tiny_tokenizer, judge, overlap):
+@pytest.mark.parametrize("overlap, scheduler", [(False, "lockstep"), (True, "lockstep"), (True, "async")])
+def test_every_branch(tiny_policy, tiny_tokenizer, judge, overlap, scheduler):
   params, config = tiny_policy
   cfg = neg_config.default_config()
   cfg.group_size, cfg.max_turns, cfg.max_turn_tokens, cfg.max_completion_tokens = 2, 4, 6, 6
-  cfg.overlap_judge = overlap
+  cfg.overlap_judge, cfg.scheduler = overlap, scheduler
   neg = episode.Negotiator(SamplingEngine(params, config), tiny_tokenizer, judge, cfg)
   scripts = ["agree@1", "agree@3", "never", "fail", "cafail"]
   dialogues = neg.run([{"dilemma": _dilemma(s), "pair": PAIR} for s in scripts], seed=0)
