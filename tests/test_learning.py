@@ -13,7 +13,7 @@ from configs import tiny
 from deliberate import trainer
 from deliberate.tasks.config import target_token_config
 
-STEPS, SEED, MARGIN = 8, 0, 0.3  # the reward starts near 1/8 = 0.125 and can reach 1
+STEPS, SEED, MARGIN = 8, 0, 0.5  # the reward starts near 1/8 = 0.125 and can reach 1
 
 
 def learning_config(seed: int = SEED, steps: int = STEPS, lr: float = 3e-2):
