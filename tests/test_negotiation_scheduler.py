@@ -164,3 +164,50 @@ def test_staleness_stats_clip_like_the_loss():
   s = scheduler.staleness_stats(new, old, mask, np.array([1.0]))
   assert s["offpolicy/ratio_max"] == pytest.approx(1.4) and s["offpolicy/ratio_min"] == pytest.approx(0.6)
   assert s["offpolicy/clip_frac"] == pytest.approx(1 / 3)  # ratio 1.4 > 1.2 with A > 0; 0.6 only clips with A < 0
+
+
+def test_one_step_off_policy_ratio_and_weight_sync(tmp_path):
+  """A rollout sampled in the background from policy v0, trained on after the update to v1: the ratio the loss sees
+  is not 1, and a rollout started after the step samples exactly v1's weights (its log-probs are v1's)."""
+  from configs import tiny
+  from deliberate import trainer as trainer_lib
+  from deliberate.rl import logprobs as lp_lib
+
+  def hashing_judge(messages_lists, max_tokens, temperature):
+    return [f"Score: {int(hashlib.sha256(m[-1]['content'].encode()).hexdigest(), 16) % 6}"
+            if rubrics.CA_VERSION in m[0]["content"] else "Verdict: yes" for m in messages_lists]
+
+  server = serve.start_server("model", generate_fn=hashing_judge)
+  c = tiny.get_config()
+  c.judge.embedded, c.judge.base_url, c.tensorboard, c.rl.lora_rank = False, server.url, False, 4
+  c.negotiation.scheduler = "async"
+  t = trainer_lib.Trainer(c, str(tmp_path))
+  try:
+    recompute = lambda rollout, base, lora: lp_lib.token_logprobs(
+        base, *(batch_lib.collate(rollout.rows, np.zeros(len(rollout.rewards)))[k]
+                for k in ("tokens_BxT", "positions_BxT", "loss_mask_BxT")),
+        config=t.model_config, temperature=c.negotiation.turn_temperature, lora=lora)[0]
+    v0 = t.runner.sampling_params()
+    items = t.task.data.next_batch()
+    stale = scheduler.BackgroundRollout(t.engine, v0, t.task.rollout, items, 11, version=0).result()
+    t.train_one_step()                                    # the update to v1
+    v1 = t.runner.sampling_params()
+    batch = batch_lib.collate(stale.rows, np.ones(len(stale.rewards)))
+    mask = batch["loss_mask_BxT"]
+    same = scheduler.staleness_stats(np.asarray(recompute(stale, *v0)), batch["old_logprobs_BxT"], mask,
+                                     batch["advantages_B"])
+    moved = scheduler.staleness_stats(np.asarray(recompute(stale, *v1)), batch["old_logprobs_BxT"], mask,
+                                      batch["advantages_B"])
+    assert same["offpolicy/abs_log_ratio"] < 2e-5        # behaviour policy = v0: ratio 1
+    assert moved["offpolicy/abs_log_ratio"] > 1e-4 and moved["offpolicy/ratio_max"] != 1.0
+    fresh_bg = scheduler.BackgroundRollout(t.engine, v1, t.task.rollout, t.task.data.next_batch(), 12, version=1)
+    fresh = fresh_bg.result()
+    assert fresh_bg.fingerprint == scheduler.params_fingerprint(t.engine)
+    fb = batch_lib.collate(fresh.rows, np.ones(len(fresh.rewards)))
+    got = np.asarray(recompute(fresh, *v1))[fb["loss_mask_BxT"] > 0]
+    np.testing.assert_allclose(got, fb["old_logprobs_BxT"][fb["loss_mask_BxT"] > 0], atol=2e-5)
+    stale_v0 = np.asarray(recompute(fresh, *v0))[fb["loss_mask_BxT"] > 0]
+    assert np.abs(stale_v0 - got).max() > 1e-4           # and v0's would not have matched: the sync was real
+  finally:
+    t.close()
+    server.stop()
