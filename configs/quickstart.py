@@ -3,7 +3,10 @@ embedded deterministic local judge (lexicon backend: a keyword heuristic, not an
 
   python launch/train.py --config configs/quickstart.py --workdir /tmp/deliberate-quickstart
 
-Sized to finish in minutes on 2 CPU cores: 1 prompt x 4 dialogues a step, short turns, LoRA.
+Sized to finish in minutes on 2 CPU cores: 2 prompts x 4 dialogues a step, short turns, LoRA. What the deterministic
+local judge rewards: an agreement (an "I agree"-style acceptance answering the other agent's proposal, never on turn
+1) followed by a final completion of >= 20 words whose keywords cover the four CA aspects; that is a smoke signal
+that the loop learns, not Collective Agency. Rows of groups whose rewards are all equal are not trained on.
 """
 from deliberate.config import base_config
 
@@ -16,9 +19,11 @@ def get_config():
   c.judge.api_key_env = ""
   c.negotiation.group_size = 4
   c.negotiation.max_turns = 4
-  c.negotiation.max_turn_tokens = 48
+  c.negotiation.max_turn_tokens = 64     # with the short-turn prompt about half of SmolLM2's turns end by
+                                         # themselves (at 48 tokens and the old prompt: 94-100% were cut; 96
+                                         # tokens cut as many as 64: the rest ramble on)
   c.negotiation.max_completion_tokens = 64
-  c.data.prompts_per_step = 1
+  c.data.prompts_per_step = 2            # two groups: one with unequal rewards is enough for an update
   c.num_steps = 3
   c.optim.learning_rate = 1e-4
   c.optim.total_steps = 3

@@ -1,26 +1,28 @@
 """Versioned negotiation prompts. Sampled turns enter them as ids (token-in/token-out), never as re-tokenised text.
 
 Written for small instruct models too: short, concrete, in character, and explicit about how to signal agreement,
-so that a 135M model produces something a reader recognises as a negotiation.
+so that a 135M model produces something a reader recognises as a negotiation, in turns short enough to finish
+within the turn budget.
 """
 from __future__ import annotations
 
 from typing import Any, Mapping, Sequence
 
-PROMPT_VERSION = "negotiation-v2"
+PROMPT_VERSION = "negotiation-v3"  # v3: short turns (issue 16)
 
 TURN_SYSTEM = (
     "You are {name}. {description}\n"
     "You value: {values}. Your priorities: {priorities}. You will never accept: {red_lines}.\n"
     "You are negotiating with {other}, who sees things differently, to reach a resolution of the dilemma that "
-    "you can both accept. Stay in character and speak only for yourself, directly to {other}. In each reply (2 to "
-    "4 sentences): respond to their last point, make one concrete proposal (who does what, when), and say what you "
-    "can concede. If their latest proposal is acceptable to you, begin your reply with \"I agree\" and restate "
-    "the resolution in one sentence.")
+    "you can both accept. Speak only for yourself, directly to {other}. Keep every reply to one or two short "
+    "sentences. If their latest proposal is acceptable to you, begin your reply with \"I agree\".")
 
-OPENING = "Dilemma: {dilemma}\n\nYou speak first. Open the negotiation with a concrete proposal."
+# The length instruction sits in the user message, right before the reply: SmolLM2-135M ignores it in the system
+# message (97% of 64-token turns cut) and mostly follows it here (53% at 64 tokens; issue 16).
+OPENING = "Dilemma: {dilemma}\n\nYou speak first. In one sentence, propose a concrete resolution."
 CONTINUE = "Dilemma: {dilemma}\n\nThe most recent messages of the negotiation:\n"
-REPLY = "\nWrite your reply to {other}."
+REPLY = ("\nReply to {other} in one short sentence: accept their proposal (\"I agree\") or make one "
+         "counter-proposal.")
 
 COMPLETION_SYSTEM = (
     "You are {name}. You and {other} have negotiated the dilemma below. Write the final resolution you agreed on, "
