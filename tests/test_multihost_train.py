@@ -71,9 +71,13 @@ def _wait(procs, timeout=600):
 
 
 def _params(workdir):
+  import orbax.checkpoint as ocp
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   step = ckpt.latest_step
-  out = ckpt.manager.restore(step)
+  meta = ckpt.manager.item_metadata(step)["params"]  # onto one device, whatever mesh saved it
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), getattr(meta, "tree", meta))
+  out = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
   ckpt.close()
   return step, jax.tree.map(np.asarray, out["params"])
 
