@@ -34,6 +34,8 @@ def default_config() -> ml_collections.ConfigDict:
                                     # with a slow remote judge, wastes compute with a fast local one)
   c.scheduler = "lockstep"          # 'lockstep': a turn for every active dialogue, then every verdict; 'async': each
                                     # dialogue advances as soon as its own verdict is in (negotiation/scheduler.py)
+  c.scheduler_max_batch = 0         # async: most dialogues in one sampler call (0 = no cap)
+  c.scheduler_fill_wait_s = 0.02    # async: how long a ready batch waits for more verdicts to fill it
   return c
 
 
@@ -56,5 +58,7 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.negotiation") -
     raise ValueError(f"{prefix}.truncation_penalty: must be >= 0, got {c.truncation_penalty}")
   if c.failed_policy not in FAILED_POLICIES:
     raise ValueError(f"{prefix}.failed_policy: {c.failed_policy!r} is not 'exclude' or 'zero'")
+  if c.scheduler_max_batch < 0 or c.scheduler_fill_wait_s < 0:
+    raise ValueError(f"{prefix}.scheduler_max_batch and scheduler_fill_wait_s: must be >= 0")
   if c.scheduler not in SCHEDULERS:
     raise ValueError(f"{prefix}.scheduler: {c.scheduler!r} is not one of {SCHEDULERS}")

@@ -52,8 +52,8 @@ class AsyncScheduler:
   def __init__(self, negotiator: Negotiator):
     self.neg = negotiator
     c = negotiator.config
-    self.max_batch = int(c.get("scheduler_max_batch", 0)) or 1 << 30
-    self.fill_wait_s = float(c.get("scheduler_fill_wait_s", 0.02))
+    self.max_batch = int(c.scheduler_max_batch) or 1 << 30
+    self.fill_wait_s = float(c.scheduler_fill_wait_s)
     self.speculate = bool(c.overlap_judge)
     self.stats = {"turn_calls": 0, "completion_calls": 0, "speculative_turns": 0, "speculative_used": 0,
                   "max_batch_rows": 0}
