@@ -1,6 +1,5 @@
 """Two real processes on 127.0.0.1 (jax.distributed, gloo CPU collectives) train as one process with the same
 global batch would, for both step kinds, and a run killed in one process resumes on both to the same params."""
-import hashlib
 import os
 import signal
 import socket
@@ -14,27 +13,19 @@ import pytest
 
 from deliberate import checkpointing
 from deliberate.data import loader
-from deliberate.judge import rubrics, serve
+from deliberate.judge import serve
+from deliberate.judge.testing import hashing_judge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _hashing_judge(messages_lists, max_tokens, temperature):
-  """Deterministic: agreement at once, CA score = a hash of the completion (varied rewards, so params move)."""
-  out = []
-  for messages in messages_lists:
-    if rubrics.CA_VERSION in messages[0]["content"]:
-      out.append(f"Score: {int(hashlib.sha256(messages[-1]['content'].encode()).hexdigest(), 16) % 6}")
-    else:
-      out.append("Verdict: yes")
-  return out
 
 
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
   loader.PromptIterator(data_dir, 0, 1)  # prepared once, so the processes never race to build it
-  server = serve.start_server("model", generate_fn=_hashing_judge)
+  server = serve.start_server("model", generate_fn=hashing_judge)
   yield data_dir, server.url
   server.stop()
 

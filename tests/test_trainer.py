@@ -1,5 +1,4 @@
 """The training loop: bad input fails before compute, and a run killed with SIGKILL resumes to the same params."""
-import hashlib
 import json
 import os
 import signal
@@ -13,7 +12,8 @@ import pytest
 
 from configs import tiny
 from deliberate import checkpointing, trainer
-from deliberate.judge import rubrics, serve
+from deliberate.judge import serve
+from deliberate.judge.testing import hashing_judge
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -61,15 +61,6 @@ def test_prompt_longer_than_context(tmp_path):
     trainer.Trainer(_config(**{"model.tiny.max_seq_len": 128}), str(tmp_path))
 
 
-def hashing_judge(messages_lists, max_tokens, temperature):
-  """A deterministic stand-in LLM: agreement at once, CA score = a hash of the completion (varied rewards)."""
-  out = []
-  for messages in messages_lists:
-    if rubrics.CA_VERSION in messages[0]["content"]:
-      out.append(f"Score: {int(hashlib.sha256(messages[-1]['content'].encode()).hexdigest(), 16) % 6}")
-    else:
-      out.append("Verdict: yes")
-  return out
 
 
 @pytest.fixture(scope="module")

@@ -194,3 +194,18 @@ def main() -> None:
 
 if __name__ == "__main__":
   main()
+
+
+def hashing_judge(messages_lists, max_tokens, temperature):
+  """generate_fn of a deterministic stand-in LLM judge for the `model` backend: agreement at once, CA score = a hash
+  of the whole request (varied rewards, so a GRPO step has a signal). Tests and smoke runs only."""
+  import hashlib  # noqa: PLC0415
+
+  from deliberate.judge import rubrics  # noqa: PLC0415
+  out = []
+  for messages in messages_lists:
+    if rubrics.CA_VERSION in messages[0]["content"]:
+      out.append(f"Score: {int(hashlib.sha256(messages[-1]['content'].encode()).hexdigest(), 16) % 6}")
+    else:
+      out.append("Verdict: yes")
+  return out
