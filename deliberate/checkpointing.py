@@ -38,6 +38,22 @@ class _ReadError(Exception):
     self.inner_type, self.inner_text = type(inner).__name__, str(inner)
 
 
+def read_params(directory: str, step: int) -> Any:
+  """A checkpoint's params onto this process's first device, whatever mesh or number of hosts saved them (a restore
+  with the saved shardings needs the saving topology; evaluation and tests read on one device)."""
+  path = os.path.join(directory, str(step), "params")
+  reader = ocp.StandardCheckpointer()
+  meta = reader.metadata(path)
+  tree = getattr(meta, "item_metadata", None) or getattr(meta, "tree", meta)
+  tree = getattr(tree, "tree", tree)
+  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), tree)
+  try:
+    return reader.restore(path, abstract)
+  finally:
+    reader.close()
+
+
 class Checkpointer:
   """fallback: when the newest checkpoint cannot be restored, restore the newest intact one (True, with a warning)
   or raise CorruptCheckpointError (False). The run config's `checkpoint_fallback` is meant to be passed here."""

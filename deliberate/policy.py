@@ -15,7 +15,6 @@ from typing import Any, Callable
 
 import jax
 import ml_collections
-import orbax.checkpoint as ocp
 
 from deliberate import checkpointing
 from deliberate.mesh import make_mesh
@@ -138,13 +137,9 @@ def restore_params(run_workdir: str, base_params: Any, *, step: int = 0,
     if step is None or step not in ckpt.manager.all_steps():
       raise FileNotFoundError(f"policy workdir {run_workdir}: no checkpoint for step {step or 'latest'} "
                               f"(have {list(ckpt.manager.all_steps())})")
-    meta = ckpt.manager.item_metadata(step)["params"]
-    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-    abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device),
-                            getattr(meta, "tree", meta))
-    trainable = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))["params"]
   finally:
     ckpt.close()
+  trainable = checkpointing.read_params(directory, step)
   info = {"workdir": os.path.abspath(run_workdir), "step": int(step)}
   if _is_lora(trainable):
     ranks = {v["a"].shape[-1] for v in trainable.values()}

@@ -62,15 +62,11 @@ def _wait(procs, timeout=600):
 
 
 def _params(workdir):
-  import orbax.checkpoint as ocp
-  ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
+  directory = os.path.join(workdir, "checkpoints")
+  ckpt = checkpointing.Checkpointer(directory)
   step = ckpt.latest_step
-  meta = ckpt.manager.item_metadata(step)["params"]  # onto one device, whatever mesh saved it
-  device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
-  abstract = jax.tree.map(lambda m: jax.ShapeDtypeStruct(m.shape, m.dtype, sharding=device), getattr(meta, "tree", meta))
-  out = ckpt.manager.restore(step, args=ocp.args.Composite(params=ocp.args.StandardRestore(abstract)))
   ckpt.close()
-  return step, jax.tree.map(np.asarray, out["params"])
+  return step, jax.tree.map(np.asarray, checkpointing.read_params(directory, step))  # whatever mesh saved it
 
 
 def _records(workdir):

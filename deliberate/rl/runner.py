@@ -125,11 +125,11 @@ class ShardedRunner(StepRunner):
     return step_lib.init_sharded_state(state["params"], optimizer, self.mesh)
 
   def _place_frozen(self, frozen):
-    """The frozen base split along fsdp once, as the trainable params are: the step and the sampler share it."""
+    """The frozen base split along fsdp once, as the trainable params are: on one host the step and the sampler
+    share it (`self.frozen` keeps the host copy each host samples from across hosts)."""
     if frozen is None:
       return None
-    self.frozen = jax.device_put(frozen, step_lib.fsdp_shardings(frozen, self.mesh))
-    return self.frozen
+    return jax.device_put(frozen, step_lib.fsdp_shardings(frozen, self.mesh))
 
   def sampling_mesh(self):
     """On one host the sampler runs on the step's mesh, from the params as sharded (no per-step copy of the base);
@@ -144,7 +144,7 @@ class ShardedRunner(StepRunner):
     devices), gathered once a step; on one host the sharded arrays themselves."""
     base, adapters = super().sampling_params()
     if jax.process_count() == 1:
-      return base, adapters
+      return (base if adapters is None else self._frozen_dev), adapters
     from jax.experimental import multihost_utils  # noqa: PLC0415
     gather = lambda t: multihost_utils.process_allgather(t, tiled=True)
     return (gather(base), None) if adapters is None else (base, gather(adapters))
