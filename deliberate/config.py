@@ -34,6 +34,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.rl = rl_config()                  # GRPO objective, step kind and mesh, LoRA
   c.optim = optim_config()            # AdamW, lr 5e-6, constant after warmup, global-norm clip 1.0
 
+  c.offpolicy_overlap = False         # sample the next step's rollout during this step's update (one step
+                                      # off-policy; the clipped ratio uses the sampling policy's log-probs)
   c.eval_every = 0                    # steps between evaluation-set negotiations (Figure 2); 0 = never
   c.eval_tasks = 16                   # the first K of the 100 fixed conflict-resolution eval tasks
   c.checkpoint_every = 50             # orbax, asynchronous

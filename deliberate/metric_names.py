@@ -42,5 +42,6 @@ TRAIN_ROWS = "train/rows"
 TRAIN_TOKENS = "train/tokens"
 TRAIN_TOKENS_PER_S = "train/tokens_per_s"
 LR = "lr"
+OFFPOLICY_STALENESS = "offpolicy/staleness"  # steps between the policy that sampled and the one being updated
 SKIPPED = "skipped"
 SKIPPED_NO_ROWS = "skipped_no_rows"

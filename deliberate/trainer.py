@@ -20,6 +20,7 @@ from deliberate import checkpointing, metric_names as M, metrics_writer, policy
 from deliberate.config import validate
 from deliberate.judge.runner import SyncJudge
 from deliberate.mesh import agree_max
+from deliberate.negotiation.scheduler import BackgroundRollout
 from deliberate.negotiation.records import LEXICON_NOTE, RecordWriter, is_lexicon, judge_name
 from deliberate.rl import advantages as adv_lib, batch as batch_lib, loss as loss_lib, optim, runner as runner_lib
 from deliberate.tasks.base import Rollout, make_task
@@ -56,9 +57,10 @@ def _host_config(c: ml_collections.ConfigDict, hosts: int) -> ml_collections.Con
 _COMPILES = {"n": 0, "s": 0.0}
 COMPILES, COMPILE_S = "compile/programs", "compile/seconds"
 SKIPPED_NO_SIGNAL = "skipped_no_signal"
-COMPILE_NOTICE = ("compiling the GRPO train step (forward and backward of the policy at this batch's shape; "
-                  "the sampler's prefill and decode programs were compiled during the rollout): on a 2-core CPU with "
-                  "SmolLM2-135M this first step takes 2-4 minutes, later steps reuse the programs")
+COMPILE_NOTICE = ("first step: compiling the sampler (a prefill and a decode program per prompt-length and batch "
+                  "bucket, as they first occur) and the GRPO train step (forward and backward at the batch's padded "
+                  "shape). On a 2-core CPU with SmolLM2-135M the first step takes about 4-6 minutes, most of it "
+                  "compiling; later steps reuse the programs, except for a bucket seen for the first time")
 
 
 def _count_compile(event: str, duration: float, **_) -> None:
@@ -156,6 +158,7 @@ class Trainer:
                    if self.is_main else _QuietWriter())
     self.step = 0
     self.last_rollout: Rollout | None = None
+    self._next: BackgroundRollout | None = None  # config.offpolicy_overlap: the next step's rollout, in flight
     if self.is_main:
       with open(os.path.join(self.workdir, "config.json"), "w") as f:  # what policy.load_policy reads back
         f.write(c.to_json_best_effort(indent=2))
@@ -200,14 +203,22 @@ class Trainer:
 
   def train_one_step(self) -> dict[str, float]:
     c = self.config
-    items = self.task.data.next_batch()
-    seed = int(jax.random.randint(jax.random.fold_in(jax.random.key(c.seed), self.step), (), 0, 2**31 - 1))
+    seed_of = lambda s: int(jax.random.randint(jax.random.fold_in(jax.random.key(c.seed), s), (), 0, 2**31 - 1))
     compiles_before, compile_s_before = _COMPILES["n"], _COMPILES["s"]
-    progress(f"step {self.step + 1}/{c.num_steps}: rolling out {len(items)} prompts")
+    if self._first_step:
+      print(COMPILE_NOTICE, file=sys.stderr, flush=True)
+    progress(f"step {self.step + 1}/{c.num_steps}: rolling out {self.config.data.prompts_per_step} prompts")
     t0 = time.time()
-    self.engine.set_params(*self.runner.sampling_params())
     judge_before = self.judge.metrics()
-    rollout = self.task.rollout(items, seed)
+    if c.offpolicy_overlap:  # this step trains on the rollout sampled during the previous update (one step stale)
+      if self._next is None:  # the first step, or after a resume: on-policy
+        self._next = BackgroundRollout(self.engine, self.runner.sampling_params(), self.task.rollout,
+                                       self.task.data.next_batch(), seed_of(self.step), self.step)
+      rollout, staleness = self._next.result(), self.step - self._next.version  # versions: updates applied
+      self._next = None
+    else:
+      self.engine.set_params(*self.runner.sampling_params())
+      rollout, staleness = self.task.rollout(self.task.data.next_batch(), seed_of(self.step)), 0
     t_rollout = time.time() - t0
     progress(f"rollout done in {t_rollout:.0f}s ({len(rollout.rows)} rows)")
     adv, _, adv_stats = adv_lib.group_advantages(rollout.rewards, rollout.groups, valid=rollout.valid,
@@ -221,11 +232,13 @@ class Trainer:
     t1 = time.time()
     batch = self._batch(rollout, adv)
     if batch is not None:
-      if self._first_step:
-        print(COMPILE_NOTICE, file=sys.stderr, flush=True)
       progress(f"training on {int((batch['loss_weights_B'] > 0).sum())} rows "
                f"({int(batch['loss_mask_BxT'].sum())} target tokens; {len(rollout.rows)} rows in the rollout)")
+      if c.offpolicy_overlap:  # samples the pre-update weights while the update runs; its ratio is clipped
+        self._next = BackgroundRollout(self.engine, self.runner.sampling_params(), self.task.rollout,
+                                       self.task.data.next_batch(), seed_of(self.step + 1), self.step)
       metrics.update(self.runner.step(batch))
+      metrics[M.OFFPOLICY_STALENESS] = float(staleness)
       t_train = time.time() - t1
       metrics.update({M.TIME_TRAIN: t_train, M.TRAIN_ROWS: len(batch["tokens_BxT"]),
                       M.TRAIN_TOKENS: float(batch["loss_mask_BxT"].sum()),
@@ -254,7 +267,13 @@ class Trainer:
                            force=self.step == c.num_steps)
     return metrics
 
+  def _finish_background(self) -> None:
+    """Waits for an in-flight rollout: the engine has one user at a time (evaluation, close)."""
+    if self._next is not None:
+      self._next.result()
+
   def evaluate(self) -> dict[str, float]:
+    self._finish_background()
     return self.task.evaluate(seed=self.config.seed + 1)
 
   def sample_text(self) -> str | None:
@@ -269,7 +288,10 @@ class Trainer:
       self.close()
 
   def close(self) -> None:
-    self.checkpointer.close()
-    self.records.close()
-    self.writer.close()
-    self.judge.close()
+    try:
+      self._finish_background()
+    finally:
+      self.checkpointer.close()
+      self.records.close()
+      self.writer.close()
+      self.judge.close()

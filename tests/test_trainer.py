@@ -182,3 +182,17 @@ def test_progress_line_names_the_judge_and_a_step_without_scores():
   assert "lexicon-CA=n/a [scored 0, failed 4]" in line and "judge_s=1.5" in line and " CA=" not in line
   line = progress_line(2, 3, 10.0, {"ca/group_mean": 2.5, "ca/scored": 3, "ca/failed": 1}, "gpt-4o-mini")
   assert "CA=2.5 [scored 3, failed 1]" in line and "lexicon" not in line
+
+
+def test_one_step_off_policy_trains_on_the_previous_policys_samples(tmp_path, judge_url):
+  """config.offpolicy_overlap: step 2 trains on samples drawn by the pre-update policy during step 1's update, so
+  its importance ratio is not 1 (and is clipped by the loss), where step 1's on-policy ratio is."""
+  c = _config(**{"offpolicy_overlap": True, "judge.embedded": False, "judge.base_url": judge_url, "num_steps": 2,
+                 "tensorboard": False})
+  t = trainer.Trainer(c, str(tmp_path))
+  m1, m2 = t.train_one_step(), t.train_one_step()
+  t.close()
+  assert m1["offpolicy/staleness"] == 0 and m2["offpolicy/staleness"] == 1
+  assert m1["grad_norm"] > 0                                                     # the policy moved at step 1
+  assert abs(m1["ratio_max"] - 1) < 1e-4 and abs(m1["ratio_min"] - 1) < 1e-4     # on-policy
+  assert max(abs(m2["ratio_max"] - 1), abs(m2["ratio_min"] - 1)) > 1e-3          # sampled by the old policy
