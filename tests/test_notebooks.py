@@ -83,3 +83,25 @@ def test_quickstart_notebook(tmp_path, monkeypatch):
                "| reward: 0.0"):
     assert want in text, want
   assert text.count("CA score (deterministic") == 2                       # both dialogues of the group
+
+
+def test_reproduce_figures_notebook_on_a_real_tiny_run(tmp_path, monkeypatch):
+  """The training figures from what the trainer itself wrote: two steps of configs/tiny.py with the evaluation-set
+  negotiations logged (Figure 2) and the deterministic local judge named in the run's config.json."""
+  from configs import tiny
+  from deliberate import trainer
+  c = tiny.get_config()
+  c.num_steps, c.eval_every, c.eval_tasks, c.tensorboard = 2, 1, 1, False
+  run, ev, figs = str(tmp_path / "run"), str(tmp_path / "eval"), str(tmp_path / "figs")
+  trainer.Trainer(c, run).run()
+  os.makedirs(os.path.join(ev, "greedy", "seed0"))
+  with open(os.path.join(ev, "greedy", "seed0", "summary.json"), "w") as f:
+    json.dump(_summary("greedy", 0, 50.0), f)
+  write_cross(os.path.join(ev, "cross_judge.jsonl"))
+  for name, value in (("RUN_DIR", run), ("SINGLE_RUN_DIR", run), ("EVAL_DIR", ev), ("FIG_DIR", figs),
+                      ("WINDOW", "1")):
+    monkeypatch.setenv(f"DELIBERATE_{name}", value)
+  nb = _run("reproduce_figures.ipynb", tmp_path)
+  assert sorted(f for f in os.listdir(figs) if f.endswith(".png")) == FIGURES
+  assert all(os.path.getsize(os.path.join(figs, f)) > 10000 for f in FIGURES)
+  assert "deterministic local judge" in _text(nb)
