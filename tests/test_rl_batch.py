@@ -1,4 +1,5 @@
 """The batch schema: leaving out rows of zero advantage gives the same loss and gradient, with the same normaliser."""
+import jax
 import numpy as np
 import pytest
 
@@ -34,15 +35,16 @@ def test_skip_keeps_the_normaliser(mode):
 def test_skip_gives_the_same_loss_and_gradient(tiny_policy):
   params, config = tiny_policy
   cfg = step_lib.StepConfig(model=config, loss=loss_lib.LossConfig(), temperature=0.7)
+  grads_fn = jax.jit(step_lib._grads, static_argnums=(4, 5))  # compiled: far faster than op by op on CPU
   out = {}
   for skip in (False, True):
     b = trainer.step_batch(_rows(config.vocab_size), ADV, pad_id=0, multiple=2, loss_cfg=cfg.loss, skip_zero=skip)
     b = batch_lib.graph_batch(b)
     k = int(b["loss_mask_BxT"].sum(1).max())
-    value, grads, _ = step_lib._grads(params, None, b, float(b["norm_counts_B"].sum()), cfg, k)
+    value, grads, _ = grads_fn(params, None, b, np.float32(b["norm_counts_B"].sum()), cfg, k)
     out[skip] = (float(value), grads)
   assert out[True][0] == pytest.approx(out[False][0], rel=1e-5, abs=1e-7)
-  for a, b in zip(__import__("jax").tree.leaves(out[False][1]), __import__("jax").tree.leaves(out[True][1])):
+  for a, b in zip(jax.tree.leaves(out[False][1]), jax.tree.leaves(out[True][1])):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=1e-4, atol=1e-7)
 
 
