@@ -45,3 +45,6 @@ LR = "lr"
 OFFPOLICY_STALENESS = "offpolicy/staleness"  # steps between the policy that sampled and the one being updated
 SKIPPED = "skipped"
 SKIPPED_NO_ROWS = "skipped_no_rows"
+SKIPPED_NO_SIGNAL = "skipped_no_signal"      # every advantage 0: no update
+COMPILES = "compile/programs"                # programs compiled during the step
+COMPILE_S = "compile/seconds"

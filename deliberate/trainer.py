@@ -55,8 +55,7 @@ def _host_config(c: ml_collections.ConfigDict, hosts: int) -> ml_collections.Con
 
 # Compilations, counted from JAX's own compile events: logged per step (a run compiles nothing new after step 2).
 _COMPILES = {"n": 0, "s": 0.0}
-COMPILES, COMPILE_S = "compile/programs", "compile/seconds"
-SKIPPED_NO_SIGNAL = "skipped_no_signal"
+COMPILES, COMPILE_S, SKIPPED_NO_SIGNAL = M.COMPILES, M.COMPILE_S, M.SKIPPED_NO_SIGNAL
 COMPILE_NOTICE = ("first step: compiling the sampler (a prefill and a decode program per prompt-length and batch "
                   "bucket, as they first occur) and the GRPO train step (forward and backward at the batch's padded "
                   "shape). On a 2-core CPU with SmolLM2-135M the first step takes about 4-6 minutes, most of it "
@@ -83,7 +82,7 @@ def skip_zero_advantage(rl: ml_collections.ConfigDict) -> bool:
   moments are then neither decayed nor applied (a zero-gradient step would still move the params by the momentum
   of earlier steps) and its step count does not advance; that is the choice (config.rl.skip_zero_advantage=False
   restores stepping on zero gradients)."""
-  return bool(rl.get("skip_zero_advantage", True)) and rl.beta == 0
+  return bool(rl.skip_zero_advantage) and rl.beta == 0
 
 
 def step_batch(rows, adv: np.ndarray, *, pad_id: int, multiple: int, loss_cfg: loss_lib.LossConfig,

@@ -44,7 +44,7 @@ def run_conflict_eval(negotiator: episode.Negotiator, tasks: Sequence[Mapping[st
   for b, start in enumerate(range(0, len(items), size)):
     dialogues = negotiator.run(items[start:start + size], seed + b, evaluation=True)
     for d in dialogues:
-      rec = records_lib.dialogue_record(d, step=0)
+      rec = records_lib.dialogue_record(d, step=0, judge=records_lib.judge_name(negotiator.judge))
       rec.update(policy=policy, decoding=decoding, task=start + d.group, sample=d.index % g)
       out.append(rec)
   return out

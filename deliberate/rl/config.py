@@ -26,6 +26,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.lora_rank = 16                 # 0 = full fine-tuning; the paper trains (Q)LoRA adapters
   c.lora_alpha = 32.0
   c.lora_targets = "wq,wk,wv,wo,w_gate,w_up,w_down"
+  c.skip_zero_advantage = True     # beta 0: rows of advantage 0 are not computed (the normaliser keeps their
+                                   # tokens, so the update is unchanged); a step with none makes no AdamW update
+                                   # (moments neither decayed nor applied, count not advanced). False: step anyway
   c.lora_dtype = "float32"         # the adapter path's dtype; bfloat16 loses small updates, as a merge into bf16 does
   c.sampling_row_axes = "data"     # sharded: mesh axes the sampler splits rollout rows over (the others hold
                                    # weight and KV-cache shards); the sampler uses the step's params as sharded
