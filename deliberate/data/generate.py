@@ -241,6 +241,9 @@ def _judge_config(opts: Options):
   c.base_url, c.model, c.api_key_env = opts.base_url, opts.model, opts.api_key_env
   c.max_concurrency, c.max_retries, c.max_parse_retries = opts.concurrency, opts.max_retries, opts.parse_retries
   c.temperature, c.max_tokens, c.timeout_s, c.cache_path = opts.temperature, opts.max_tokens, opts.timeout_s, opts.cache
+  # Generation already samples: a re-ask of an unparseable answer resamples the same prompt at the same temperature
+  # (the judges' format reminder would change the prompt a generation is keyed by).
+  c.parse_retry, c.parse_retry_temperature = "temperature", opts.temperature
   return c
 
 
