@@ -95,8 +95,9 @@ def test_reask_adds_a_reminder_or_samples_warmer_and_the_cache_key_says_which(tm
         [r] = judge.judge_many([_req("p")], parsers.parse_score)
         runs.append((r, judge.metrics(), len(server.bodies)))
   first, second, third, fourth = server.bodies
-  assert len(second["messages"]) == 2 and "Reminder" in second["messages"][1]["content"]
-  assert "`Score: X`" in second["messages"][1]["content"] and second["temperature"] == first["temperature"] == 0
+  assert len(second["messages"]) == len(first["messages"]) and "Reminder" in second["messages"][-1]["content"]
+  assert second["messages"][-1]["content"].startswith(first["messages"][-1]["content"])   # the prompt, then the reminder
+  assert "`Score: X`" in second["messages"][-1]["content"] and second["temperature"] == first["temperature"] == 0
   # temperature mode is not replayed from the reminder-mode entry: the key says which re-ask made it
   assert runs[1][0].ok and runs[1][1]["judge/cache_hits"] == 0 and runs[1][2] == 4
   assert fourth["messages"] == third["messages"] and fourth["temperature"] == 0.7

@@ -284,7 +284,7 @@ class JudgeClient:
     c = self.config
     params = {"max_tokens": body["max_tokens"], "temperature": body["temperature"],
               "length_retry_max_tokens": int(c.length_retry_max_tokens),
-              "parse_retry": "reminder/v1" if c.parse_retry == "reminder" else f"temperature/{c.parse_retry_temperature}"}
+              "parse_retry": "reminder/v2" if c.parse_retry == "reminder" else f"temperature/{c.parse_retry_temperature}"}
     if request.final is not None and c.verdict_mode != "text":
       params["verdict"] = {"mode": c.verdict_mode, **request.final.wire(c.verdict_reasoning_tokens),
                            "top_logprobs": int(c.top_logprobs)}
@@ -296,7 +296,14 @@ class JudgeClient:
     if c.parse_retry == "temperature":
       return {**body, "temperature": float(c.parse_retry_temperature)}
     reminder = request.final.reminder() if request.final else verdicts.GENERIC_REMINDER
-    out = {**body, "messages": list(request.messages) + [{"role": "user", "content": reminder}]}
+    # Appended to the last user message, not sent as a second one: chat templates that require alternating roles
+    # reject two user messages in a row, and the request keeps its shape.
+    messages = [dict(m) for m in request.messages]
+    if messages and messages[-1].get("role") == "user" and isinstance(messages[-1].get("content"), str):
+      messages[-1]["content"] = f"{messages[-1]['content']}\n\n{reminder}"
+    else:
+      messages.append({"role": "user", "content": reminder})
+    out = {**body, "messages": messages}
     if retry > 1:  # the reminder alone at temperature 0 would repeat the first re-ask's answer
       out["temperature"] = max(float(body["temperature"]), float(c.parse_retry_temperature))
     return out
