@@ -88,7 +88,9 @@ def test_two_processes_train_like_one(tmp_path, setup, step_kind):
   assert s1 == s2 == 2
   moved = jax.tree.map(lambda a, b: float(np.abs(a - b).max()), p2, jax.tree.map(np.zeros_like, p2))
   assert max(jax.tree.leaves(moved)) > 0                             # LoRA b moved away from 0: it trained
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6), p2, p1)
+  # The same update up to float summation order (each host pads its own rows): Adam scales a near-zero gradient's
+  # rounding up to a fraction of a step, so differences stay under 1 % of one lr-sized (1e-3) move.
+  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p2, p1)
 
 
 def test_kill_one_process_then_resume_both(tmp_path, setup):
