@@ -179,8 +179,12 @@ def _rope(x_BxTxHxD: jax.Array, cos_BxTx1xR: jax.Array, sin_BxTx1xR: jax.Array) 
   return out.astype(x_BxTxHxD.dtype)
 
 
-def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=None, slot=None, constrain=None):
-  """One decoder layer on T new tokens per row; returns (x, (keys, values) [B, K, S, D] attended to)."""
+def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=None):
+  """One decoder layer on T new tokens per row; returns (x, the new tokens' (keys, values) [B, K, T, D]).
+
+  With a cache (one token per row, T = 1) the token attends to the cache's slots under the mask and to itself; the
+  cache is only read here, never written, so a layer's step costs one read of its cache and no copy of it.
+  """
   cdt = jnp.dtype(c.compute_dtype)
   b, t, _ = x_BxTxD.shape
   kvh, g, hd = c.n_kv_heads, c.n_heads // c.n_kv_heads, c.head_dim
@@ -198,14 +202,20 @@ def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=No
   # on CPU as contractions that keep a T axis apart (those transpose the cache).
   q = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
-  if cache is not None:
-    k, v = (jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, slot, 0)) for buf, new in zip(cache, (k, v)))
-    if constrain is not None:
-      k, v = constrain(k), constrain(v)
-  scores = jnp.einsum("bkqd,bksd->bkqs", q, k, preferred_element_type=jnp.float32) / math.sqrt(hd)
+  keys, values = (k, v) if cache is None else cache
+  scores = jnp.einsum("bkqd,bksd->bkqs", q, keys, preferred_element_type=jnp.float32) / math.sqrt(hd)
   scores = jnp.where(mask_BxTxS[:, None, None], scores.reshape(b, kvh, g, t, -1), _NEG_INF)
-  probs = jax.nn.softmax(scores, axis=-1).astype(cdt).reshape(b, kvh, g * t, -1)
-  attn = jnp.einsum("bkqs,bksd->bkqd", probs, v).reshape(b, kvh, g, t, hd)
+  if cache is None:
+    probs = jax.nn.softmax(scores, axis=-1).astype(cdt).reshape(b, kvh, g * t, -1)
+    attn = jnp.einsum("bkqs,bksd->bkqd", probs, values)
+  else:  # one new token, which attends to the cache's masked slots and to itself (no concatenated copy of the cache)
+    own = jnp.einsum("bkqd,bksd->bkqs", q, k.astype(keys.dtype), preferred_element_type=jnp.float32) / math.sqrt(hd)
+    probs = jax.nn.softmax(jnp.concatenate([scores, own.reshape(b, kvh, g, t, 1)], axis=-1), axis=-1).astype(cdt)
+    probs = probs.reshape(b, kvh, g * t, -1)
+    attn = (jnp.einsum("bkqs,bksd->bkqd", probs[..., :-1], values, preferred_element_type=jnp.float32)
+            + jnp.einsum("bkqs,bksd->bkqd", probs[..., -1:], v.astype(values.dtype),
+                         preferred_element_type=jnp.float32)).astype(cdt)
+  attn = attn.reshape(b, kvh, g, t, hd)
   x_BxTxD = x_BxTxD + mm(attn.transpose(0, 3, 1, 2, 4).reshape(b, t, c.n_heads * hd), "wo")
   h = transformer.rms_norm(x_BxTxD, lp["mlp_norm"], c.rms_eps)
   x_BxTxD = x_BxTxD + mm(jax.nn.silu(mm(h, "w_gate")) * mm(h, "w_up"), "w_down")
@@ -214,40 +224,42 @@ def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=No
 
 def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, caches=None, slot=None, lora=None,
              constrain=None):
-  """Final-normed hidden states of T new tokens per row, and the keys/values they attended to.
+  """Final-normed hidden states of T new tokens per row, and keys/values.
 
-  Without caches the tokens attend to each other (prefill) and the keys/values returned are theirs. With caches
-  the tokens' keys/values are first written at `slot` of every row, then the tokens attend to the cache, and the
-  updated caches are returned. Writing before reading, in the same loop iteration, is what lets XLA update a
-  loop-carried cache in place.
+  Without caches the tokens attend to each other (prefill) and their keys/values are returned. With caches (one
+  token per row) the token attends to the cache's slots under the mask, and to itself; every layer only reads its
+  cache, and the new keys/values of all layers are written at `slot` afterwards, in one in-place
+  dynamic-update-slice per buffer, and the updated caches are returned.
 
   Two layouts, one layer function: `params["layers"]` a list (split: layers unrolled, caches a list of per-layer
-  (keys, values) [B, K, S, D]) or the trainer's stacked dict (scanned, caches (keys, values) [L, B, K, S, D]).
+  (keys, values) [B, K, S, D]) or the trainer's stacked dict (scanned, caches (keys, values) [L, B, K, S, D], each
+  layer's slice handed to the scan body as an input, so no iteration carries the whole cache).
   """
   c = config
   angles = positions_BxT[..., None].astype(jnp.float32) * transformer.rope_inv_freq(c)
   cos, sin = jnp.cos(angles)[:, :, None], jnp.sin(angles)[:, :, None]
-  layer = functools.partial(_layer, lora=lora, cos=cos, sin=sin, mask_BxTxS=mask_BxTxS, c=c, slot=slot,
-                            constrain=constrain)
+  layer = functools.partial(_layer, lora=lora, cos=cos, sin=sin, mask_BxTxS=mask_BxTxS, c=c)
   ab_layers = lora.params if lora is not None else None
+  write = lambda buf, new, at: jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), at)
   if isinstance(params["layers"], (list, tuple)):
     kv_out = []
     for i, lp in enumerate(params["layers"]):
       x_BxTxD, kv = layer(lp, ab_layers[i] if ab_layers is not None else None, x_BxTxD=x_BxTxD,
                           cache=caches[i] if caches is not None else None)
+      if caches is not None:
+        kv = tuple(write(buf, new, (0, 0, slot, 0)) for buf, new in zip(caches[i], kv))
+        kv = tuple(constrain(x) for x in kv) if constrain is not None else kv
       kv_out.append(kv)
   elif caches is None:
     def body(x, xs):
       return layer(xs[0], xs[1], x_BxTxD=x)
     x_BxTxD, kv_out = jax.lax.scan(body, x_BxTxD, (params["layers"], ab_layers or {}))
   else:
-    def body(carry, xs):
-      x, (ks, vs) = carry
-      lp, ab, i = xs
-      x, (k, v) = layer(lp, ab, x_BxTxD=x, cache=(ks[i], vs[i]))
-      return (x, (ks.at[i].set(k), vs.at[i].set(v))), None
-    (x_BxTxD, kv_out), _ = jax.lax.scan(body, (x_BxTxD, caches),
-                                        (params["layers"], ab_layers or {}, jnp.arange(c.n_layers)))
+    def body(x, xs):
+      lp, ab, k_cache, v_cache = xs
+      return layer(lp, ab, x_BxTxD=x, cache=(k_cache, v_cache))
+    x_BxTxD, new_kv = jax.lax.scan(body, x_BxTxD, (params["layers"], ab_layers or {}, *caches))
+    kv_out = tuple(write(buf, new, (0, 0, 0, slot, 0)) for buf, new in zip(caches, new_kv))
   return transformer.rms_norm(x_BxTxD, params["final_norm"], c.rms_eps), kv_out
 
 
@@ -305,7 +317,7 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
 
   def body(state):  # feed token i-1 (into slot P + i - 1) and draw token i
     i, token_B, done_B, caches, out = state
-    mask_Bx1xS = ((slots_S < prompt_lens_B[:, None]) | ((slots_S >= p) & (slots_S < p + i)))[:, None]
+    mask_Bx1xS = ((slots_S < prompt_lens_B[:, None]) | ((slots_S >= p) & (slots_S < p + i - 1)))[:, None]
     x = jnp.take(params["embed"], token_B, axis=0).astype(cdt)[:, None]
     hidden, caches = _forward(params, x, (prompt_lens_B + i - 1)[:, None], mask_Bx1xS, c, caches, p + i - 1,
                               lora=lora, constrain=constrain)
