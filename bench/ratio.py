@@ -6,7 +6,9 @@ The old log-probs come from the sampler's forward (KV cache, one token at a time
 trainer's (the whole row at once, packed chunked log-probs): at step 0 the policy is the same, so the ratio should
 be 1 and any spread is numerics. Both run the model's one matmul (`transformer.dense`: float32 accumulation, one
 rounding) and LoRA adapters at init on their own path, as in training. Prints, per dtype, the mean, p99 and max of
-|log ratio| and the fraction of tokens a PPO clip at eps = 0.2 would clip.
+|log ratio| and the fraction of tokens a PPO clip at eps = 0.2 would clip; then the ratio the loss forms under
+each `rl.old_logprobs`: 'sampler' (these log-probs) and 'recompute' (the step's own forward, the default), which
+makes the on-policy ratio exactly 1 whatever the sampler's numerics.
 """
 from __future__ import annotations
 
@@ -51,9 +53,21 @@ def measure(params, config, prompts, rows: int, new_tokens: int, temperature: fl
   new = np.asarray(fn(params, adapters, jnp.asarray(tokens), jnp.asarray(pos), jnp.asarray(mask)))
   log_ratio = (new - old)[mask > 0]
   a = np.abs(log_ratio)
-  return {"tokens": int(a.size), "mean": float(log_ratio.mean()), "mean_abs": float(a.mean()),
-          "p99_abs": float(np.quantile(a, 0.99)), "max_abs": float(a.max()),
-          "clip_frac_0.2": float(np.mean(np.abs(np.exp(log_ratio) - 1.0) > 0.2)), "sample_s": t_sample}
+  out = {"tokens": int(a.size), "mean": float(log_ratio.mean()), "mean_abs": float(a.mean()),
+         "p99_abs": float(np.quantile(a, 0.99)), "max_abs": float(a.max()),
+         "clip_frac_0.2": float(np.mean(np.abs(np.exp(log_ratio) - 1.0) > 0.2)), "sample_s": t_sample}
+  # The ratio as the loss forms it, under each source of its denominator (rl.old_logprobs), with advantages of
+  # both signs so that clipping on either side counts.
+  from deliberate.rl import loss as loss_lib
+  raw = {"tokens_BxT": tokens, "positions_BxT": pos, "loss_mask_BxT": mask, "old_logprobs_BxT": old,
+         "advantages_B": np.where(np.arange(rows) % 2 == 0, 1.0, -1.0).astype(np.float32),
+         "seq_ids_B": np.arange(rows)}
+  for src in loss_lib.OLD_LOGPROBS:
+    cfg = loss_lib.LossConfig(old_logprobs=src)
+    m = loss_lib.finalize_metrics(loss_lib.policy_loss(jnp.asarray(new), jnp.zeros_like(jnp.asarray(new)),
+                                                       loss_lib.prepare_batch(raw, cfg), cfg)[1])
+    out[src] = (m["ratio_min"], m["ratio_max"], m["clip_low_frac"] + m["clip_high_frac"])
+  return out
 
 
 def main(argv=None) -> None:
@@ -79,6 +93,10 @@ def main(argv=None) -> None:
     print(f"{dtype:9s} tokens {r['tokens']:5d}  log-ratio mean {r['mean']:+.2e}  |.| mean {r['mean_abs']:.2e}  "
           f"p99 {r['p99_abs']:.2e}  max {r['max_abs']:.2e}  clip fraction at 0.2: {r['clip_frac_0.2']:.4f}",
           flush=True)
+    for src in ("sampler", "recompute"):
+      lo, hi, clipped = r[src]
+      print(f"{'':9s} in the loss, rl.old_logprobs={src!r}: ratio in [{lo:.4f}, {hi:.4f}], clipped {clipped:.4f}",
+            flush=True)
 
 
 if __name__ == "__main__":

@@ -35,7 +35,8 @@ def base_config() -> ml_collections.ConfigDict:
   c.optim = optim_config()            # AdamW, lr 5e-6, constant after warmup, global-norm clip 1.0
 
   c.offpolicy_overlap = False         # sample the next step's rollout during this step's update (one step
-                                      # off-policy; the clipped ratio uses the sampling policy's log-probs)
+                                      # off-policy; the clipped ratio uses the sampling policy's log-probs:
+                                      # needs rl.old_logprobs = 'sampler')
   c.eval_every = 0                    # steps between evaluation-set negotiations (Figure 2); 0 = never
   c.eval_tasks = 16                   # the first K of the 100 fixed conflict-resolution eval tasks
   c.checkpoint_every = 50             # orbax, asynchronous
@@ -75,6 +76,9 @@ def validate(c: ml_collections.ConfigDict) -> None:
   validate_single_agent(c.single_agent)
   validate_rl(c.rl)
   validate_optim(c.optim)
+  if c.offpolicy_overlap and c.rl.old_logprobs != "sampler":
+    raise ValueError("config.rl.old_logprobs: config.offpolicy_overlap trains on a rollout of the previous policy, "
+                     f"so the ratio needs the sampler's log-probs: set it to 'sampler' (got {c.rl.old_logprobs!r})")
   try:
     validate_judge_config(c.judge)
   except ValueError as e:

@@ -117,3 +117,29 @@ def test_bad_config():
     L.LossConfig(norm_mode="mean")
   with pytest.raises(ValueError, match="norm_constant"):
     L.LossConfig(norm_mode="constant")
+
+
+def test_recomputed_old_logprobs_give_ratio_one_and_the_on_policy_gradient():
+  """old_logprobs='recompute': whatever the sampler's log-probs (here 0.3 nats off), the ratio is exactly 1, nothing
+  is clipped, and the gradient is the one 'sampler' gives when the sampler agrees with the trainer; the gap is
+  logged. Under 'sampler' the same gap clips tokens and changes the gradient."""
+  raw = _batch(2)
+  lp = jnp.asarray(raw["old_logprobs_BxT"], jnp.float32)
+  skewed = dict(raw, old_logprobs_BxT=raw["old_logprobs_BxT"] - 0.3 * np.sign(raw["advantages_B"])[:, None])
+  grad = lambda batch, cfg: jax.grad(lambda x: L.policy_loss(x, jnp.zeros((B, T)), batch, cfg)[0])(lp)
+  rec, smp = L.LossConfig(old_logprobs="recompute"), L.LossConfig(old_logprobs="sampler")
+  g_rec = grad(L.prepare_batch(skewed, rec), rec)
+  g_on = grad(L.prepare_batch(raw, smp), smp)                      # the sampler agreeing exactly
+  g_skew = grad(L.prepare_batch(skewed, smp), smp)
+  np.testing.assert_allclose(np.asarray(g_rec), np.asarray(g_on), rtol=1e-6)
+  assert np.abs(np.asarray(g_skew) - np.asarray(g_on)).max() > 1e-3
+  m = L.finalize_metrics(L.policy_loss(lp, jnp.zeros((B, T)), L.prepare_batch(skewed, rec), rec)[1])
+  assert m["ratio_min"] == m["ratio_max"] == 1.0 and m["clip_low_frac"] == m["clip_high_frac"] == 0.0
+  assert m["sampler_log_ratio_abs_max"] == pytest.approx(0.3, rel=1e-5)
+  m_smp = L.finalize_metrics(L.policy_loss(lp, jnp.zeros((B, T)), L.prepare_batch(skewed, smp), smp)[1])
+  assert m_smp["clip_low_frac"] + m_smp["clip_high_frac"] > 0
+
+
+def test_old_logprobs_source_is_checked():
+  with pytest.raises(ValueError, match="LossConfig.old_logprobs"):
+    L.LossConfig(old_logprobs="trainer")

@@ -34,6 +34,7 @@ def _config(**overrides):
     ({"mode": "debate"}, r"config.mode"),
     ({"rl.step": "fsdp"}, r"config.rl.step"),
     ({"single_agent.failed_policy": "zer0"}, r"config.single_agent.failed_policy"),
+    ({"offpolicy_overlap": True}, r"config.rl.old_logprobs: config.offpolicy_overlap .* 'sampler'"),
 ])
 def test_bad_config_fails_before_compute(overrides, match, tmp_path):
   with pytest.raises(ValueError, match=match):
@@ -187,8 +188,8 @@ def test_progress_line_names_the_judge_and_a_step_without_scores():
 def test_one_step_off_policy_trains_on_the_previous_policys_samples(tmp_path, judge_url):
   """config.offpolicy_overlap: step 2 trains on samples drawn by the pre-update policy during step 1's update, so
   its importance ratio is not 1 (and is clipped by the loss), where step 1's on-policy ratio is."""
-  c = _config(**{"offpolicy_overlap": True, "judge.embedded": False, "judge.base_url": judge_url, "num_steps": 2,
-                 "tensorboard": False})
+  c = _config(**{"offpolicy_overlap": True, "rl.old_logprobs": "sampler", "judge.embedded": False,
+                 "judge.base_url": judge_url, "num_steps": 2, "tensorboard": False})
   t = trainer.Trainer(c, str(tmp_path))
   m1, m2 = t.train_one_step(), t.train_one_step()
   t.close()

@@ -5,6 +5,7 @@ import ml_collections
 
 STEP_KINDS = ("pmap", "sharded")   # the runners of rl/runner.py
 NORM_MODES = ("token_sum", "seq_mean_token_mean", "constant")
+OLD_LOGPROBS = ("recompute", "sampler")  # the importance ratio's denominator (rl/loss.py)
 SCHEDULES = ("cosine", "constant")
 LORA_TARGETS = ("wq", "wk", "wv", "wo", "w_gate", "w_up", "w_down")  # the layer matrices an adapter may wrap
 
@@ -16,6 +17,11 @@ def default_config() -> ml_collections.ConfigDict:
   c.mesh_fsdp = 1                  # sharded: fsdp axis size (params and optimizer state split along it)
   c.clip_eps_low = 0.2             # not disclosed: the usual PPO/GRPO value
   c.clip_eps_high = 0.2
+  c.old_logprobs = "recompute"     # the ratio's denominator. 'recompute': the step's own forward, stop-gradient:
+                                   # with one update per rollout (ours) the ratio is exactly 1 and the gradient is
+                                   # the policy gradient, whatever the sampler's numerics (bf16 decode against a
+                                   # cache clips ~0.5% of tokens at step 0: bench/ratio.py). 'sampler': the
+                                   # sampler's log-probs, required off policy (config.offpolicy_overlap)
   c.beta = 0.0                     # KL to the reference (k3); the paper uses 0 and loads no reference
   c.norm_mode = "token_sum"        # 'token_sum' (DAPO, the paper) | 'seq_mean_token_mean' (GRPO) | 'constant'
   c.norm_constant = 0.0            # 'constant' mode (Dr.GRPO) divisor
@@ -57,6 +63,8 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.rl") -> None:
   for f in ("micro_batches", "mesh_fsdp"):
     if c[f] < 1:
       raise ValueError(f"{prefix}.{f}: must be >= 1, got {c[f]}")
+  if c.old_logprobs not in OLD_LOGPROBS:
+    raise ValueError(f"{prefix}.old_logprobs: {c.old_logprobs!r} is not one of {OLD_LOGPROBS}")
   if c.lora_dtype not in ("float32", "bfloat16"):
     raise ValueError(f"{prefix}.lora_dtype: expected 'float32' or 'bfloat16', got {c.lora_dtype!r}")
   bad_axes = [a for a in c.sampling_row_axes.split(",") if a not in ("data", "fsdp")]

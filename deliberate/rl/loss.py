@@ -20,7 +20,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from deliberate.rl import batch as batch_lib
-from deliberate.rl.config import NORM_MODES
+from deliberate.rl.config import NORM_MODES, OLD_LOGPROBS
 
 Metrics = dict[str, dict[str, jax.Array]]
 
@@ -32,12 +32,16 @@ class LossConfig:
   beta: float = 0.0                 # k3 KL weight; 0 needs no reference log-probs
   norm_mode: str = "token_sum"
   norm_constant: float = 0.0        # `constant` mode only, e.g. max_tokens * num_seqs
+  old_logprobs: str = "sampler"     # the ratio's denominator: the batch's 'sampler' log-probs, or 'recompute': this
+                                    # forward's own, stop-gradient (ratio exactly 1; for one update per rollout)
 
   def __post_init__(self):
     if self.norm_mode not in NORM_MODES:
       raise ValueError(f"LossConfig.norm_mode: {self.norm_mode!r} is not one of {NORM_MODES}")
     if self.norm_mode == "constant" and self.norm_constant <= 0:
       raise ValueError("LossConfig.norm_constant: must be > 0 in 'constant' mode")
+    if self.old_logprobs not in OLD_LOGPROBS:
+      raise ValueError(f"LossConfig.old_logprobs: {self.old_logprobs!r} is not one of {OLD_LOGPROBS}")
     if self.clip_eps_low < 0 or self.clip_eps_high < 0 or self.beta < 0:
       raise ValueError("LossConfig: clip_eps_low, clip_eps_high and beta must be >= 0")
 
@@ -84,7 +88,11 @@ def policy_loss(logprobs_BxT: jax.Array, entropy_BxT: jax.Array, batch: Mapping[
   mask = batch["loss_mask_BxT"] > 0
   maskf = mask.astype(jnp.float32)
   adv_Bx1 = batch["advantages_B"][:, None]
-  log_ratio = jnp.where(mask, logprobs_BxT - batch["old_logprobs_BxT"], 0.0)
+  # The sampler's numerics against this forward's (bf16 decode against a cache vs the whole row at once): logged
+  # either way; under 'recompute' it does not enter the ratio.
+  sampler_gap = jnp.where(mask, logprobs_BxT - batch["old_logprobs_BxT"], 0.0)
+  old = jax.lax.stop_gradient(logprobs_BxT) if cfg.old_logprobs == "recompute" else batch["old_logprobs_BxT"]
+  log_ratio = jnp.where(mask, logprobs_BxT - old, 0.0)
   ratio = jnp.exp(log_ratio)
   lo, hi = 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high
   surrogate = jnp.minimum(ratio * adv_Bx1, jnp.clip(ratio, lo, hi) * adv_Bx1)
@@ -107,14 +115,17 @@ def policy_loss(logprobs_BxT: jax.Array, entropy_BxT: jax.Array, batch: Mapping[
               "clip_low_frac": token_sum(((ratio < lo) & (adv_Bx1 < 0)).astype(jnp.float32)),
               "clip_high_frac": token_sum(((ratio > hi) & (adv_Bx1 > 0)).astype(jnp.float32)),
               "advantage": jnp.sum(rows * batch["advantages_B"]), "tokens": tok,
-              "rows": jnp.sum(rows)},
+              "rows": jnp.sum(rows), "sampler_log_ratio": jnp.sum(jax.lax.stop_gradient(sampler_gap))},
       "count": {"loss": jnp.sum(batch["norm_counts_B"]), "pg_loss": jnp.sum(batch["norm_counts_B"]), "kl": tok,
                 "entropy": tok, "ratio": tok, "clip_low_frac": tok, "clip_high_frac": tok,
-                "advantage": jnp.sum(rows), "tokens": jnp.ones(()), "rows": jnp.ones(())},
+                "advantage": jnp.sum(rows), "tokens": jnp.ones(()), "rows": jnp.ones(()),
+                "sampler_log_ratio": tok},
       "min": {"ratio": jnp.min(jnp.where(mask, ratio, jnp.inf)),
               "advantage": jnp.min(jnp.where(rows > 0, batch["advantages_B"], jnp.inf))},
       "max": {"ratio": jnp.max(jnp.where(mask, ratio, -jnp.inf)),
-              "advantage": jnp.max(jnp.where(rows > 0, batch["advantages_B"], -jnp.inf))},
+              "advantage": jnp.max(jnp.where(rows > 0, batch["advantages_B"], -jnp.inf)),
+              "sampler_log_ratio_abs": jnp.max(jnp.where(mask, jnp.abs(jax.lax.stop_gradient(sampler_gap)),
+                                                         -jnp.inf))},
   }
   return loss_sum, metrics
 

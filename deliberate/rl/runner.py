@@ -167,6 +167,7 @@ def step_config(rl: ml_collections.ConfigDict, model, temperature: float) -> ste
   lora = (lora_lib.LoraConfig(rank=rl.lora_rank, alpha=rl.lora_alpha, targets=tuple(rl.lora_targets.split(",")),
                               dtype=rl.lora_dtype) if rl.lora_rank > 0 else None)
   loss = loss_lib.LossConfig(clip_eps_low=rl.clip_eps_low, clip_eps_high=rl.clip_eps_high, beta=rl.beta,
-                             norm_mode=rl.norm_mode, norm_constant=rl.norm_constant)
+                             norm_mode=rl.norm_mode, norm_constant=rl.norm_constant,
+                             old_logprobs=rl.old_logprobs)
   return step_lib.StepConfig(model=model, loss=loss, lora=lora, num_micro_batches=rl.micro_batches, remat=rl.remat,
                              token_chunk=rl.token_chunk or None, temperature=temperature)
