@@ -42,6 +42,10 @@ def base_config() -> ml_collections.ConfigDict:
   c.checkpoint_every = 50             # orbax, asynchronous
   c.keep_checkpoints = 3
   c.checkpoint_fallback = True        # a damaged newest checkpoint: resume from the newest intact one (False: refuse)
+  c.memory_check = True               # before loading weights, compile the sampler and train step from abstract
+                                      # shapes (deliberate/memory.py) and refuse a run that cannot fit, naming the
+                                      # field to change; only where a limit is known (GPU/TPU, or the next field)
+  c.memory_limit_gib = 0.0            # per device; 0 = the device's own limit (CPU reports none: no check)
   c.records_max_mb = 64.0             # rotate dialogue JSONL files past this size
   c.tensorboard = True
   c.wandb_project = ""                # '' = no wandb
@@ -68,7 +72,7 @@ def validate(c: ml_collections.ConfigDict) -> None:
     raise ValueError(f"config.num_steps: must be >= 1, got {c.num_steps}")
   if c.data.prompts_per_step < 1:
     raise ValueError(f"config.data.prompts_per_step: must be >= 1, got {c.data.prompts_per_step}")
-  for f in ("eval_every", "eval_tasks", "checkpoint_every", "keep_checkpoints"):
+  for f in ("eval_every", "eval_tasks", "checkpoint_every", "keep_checkpoints", "memory_limit_gib"):
     if c[f] < 0:
       raise ValueError(f"config.{f}: must be >= 0, got {c[f]}")
   validate_model(c.model)

@@ -16,7 +16,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from deliberate import checkpointing, metric_names as M, metrics_writer, policy
+from deliberate import checkpointing, memory, metric_names as M, metrics_writer, policy
 from deliberate.config import validate
 from deliberate.judge.runner import SyncJudge
 from deliberate.mesh import agree_max
@@ -135,6 +135,8 @@ class Trainer:
     local = _host_config(c, hosts)
     check_judge_reachable(c.judge)
     scratch = self.workdir if hosts == 1 else os.path.join(self.workdir, "hosts", str(host))
+    if c.memory_check:
+      memory.check_fits(c)
     params, self.model_config, self.tokenizer = policy.load_model(c.model, scratch)
     self.optimizer, self.schedule = optim.make_optimizer(c.optim)
     self.step_config = runner_lib.step_config(c.rl, self.model_config, training_temperature(c))

@@ -1,5 +1,6 @@
 """bench/memory.py on a tiny config, so that the analysis cannot rot: every program compiles from abstract shapes,
 its numbers are sane, the old merged-f32 LoRA costs more, and a bad mesh fails naming the field."""
+import json
 import os
 import sys
 
@@ -57,3 +58,36 @@ def test_the_merged_float32_lora_of_before_costs_more_memory(after):
 def test_a_mesh_that_does_not_divide_the_heads_fails_naming_the_field():
   with pytest.raises(ValueError, match="config.rl.mesh_fsdp: 8 does not divide the model's n_kv_heads = 2"):
     memory.analyze(_tiny(), 1, 8, opening=40)
+
+
+def _weightless_hf_dir(tmp_path):
+  """An HF directory with config.json only: any attempt to load weights from it fails."""
+  d = tmp_path / "llama-no-weights"
+  d.mkdir()
+  (d / "config.json").write_text(json.dumps({
+      "architectures": ["LlamaForCausalLM"], "vocab_size": 256, "hidden_size": 64, "num_hidden_layers": 2,
+      "num_attention_heads": 4, "num_key_value_heads": 2, "intermediate_size": 128,
+      "max_position_embeddings": 4096, "rms_norm_eps": 1e-5, "tie_word_embeddings": False}))
+  return str(d)
+
+
+def test_a_run_that_cannot_fit_fails_before_any_weight_is_loaded(tmp_path):
+  """The trainer runs the analysis before loading: with a 1 MiB limit the train step cannot fit, and the error names
+  the field to change and the bytes; the checkpoint has no weights, so reaching the loader would fail otherwise."""
+  from deliberate import trainer
+  c = _tiny()
+  c.model.name = _weightless_hf_dir(tmp_path)
+  c.judge.embedded = True
+  c.memory_limit_gib = 1 / 1024
+  with pytest.raises(ValueError, match=r"config\.rl\.\w+.*needs [\d.]+ GiB a device.*over the limit of 0\.00 GiB"):
+    trainer.Trainer(c, str(tmp_path / "run"))
+  assert not os.path.exists(tmp_path / "run" / "checkpoints")
+
+
+def test_the_check_passes_a_run_that_fits_and_skips_without_a_limit(tmp_path):
+  from deliberate import memory as lib
+  c = _tiny()
+  c.model.name = _weightless_hf_dir(tmp_path)
+  assert lib.check_fits(c) is None                                 # CPU reports no limit, none configured
+  r = lib.check_fits(c, limit_bytes=8 * 2 ** 30)
+  assert r["mesh"] == {"data": 8, "fsdp": 1} and r["train_step"]["peak"] < 8 * 2 ** 30
