@@ -59,12 +59,14 @@ def sampling_mesh(sharded: bool) -> jax.sharding.Mesh | None:
 
 
 def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True, mesh=None,
-                 row_axes: tuple[str, ...] = ("data",)) -> SamplingEngine:
+                 row_axes: tuple[str, ...] = ("data",), lora=None) -> SamplingEngine:
   """The sampling engine of a policy: on `mesh` (e.g. the sharded train step's, sampling from its params as they are
-  sharded, rows over `row_axes`), else with rows split over this host's devices when `sharded`."""
+  sharded, rows over `row_axes`), else with rows split over this host's devices when `sharded`. `lora`: a trained
+  run's `transformer.Adapters`, sampled on their own path over the base (never merged)."""
   if mesh is not None:
-    return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=mesh, row_axes=row_axes)
-  return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=sampling_mesh(sharded))
+    return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=mesh, row_axes=row_axes,
+                          lora=lora)
+  return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=sampling_mesh(sharded), lora=lora)
 
 
 def judge_fn(engine: SamplingEngine, params, config: ModelConfig, tokenizer, verdict_mode: str = "text"):
@@ -113,10 +115,11 @@ def run_config(run_workdir: str) -> dict[str, Any]:
 
 @dataclasses.dataclass
 class Policy:
-  params: Any
+  params: Any                          # the base model's (LoRA) or the trained params (full fine-tuning)
   config: ModelConfig
   tokenizer: Any
   info: dict[str, Any]                 # where the params came from, for the summary
+  adapters: Any = None                 # a LoRA run's `transformer.Adapters`, on their own path over `params`
 
 
 def _is_lora(tree: Any) -> bool:
@@ -125,8 +128,10 @@ def _is_lora(tree: Any) -> bool:
 
 
 def restore_params(run_workdir: str, base_params: Any, *, step: int = 0,
-                   lora_alpha: float = 0.0) -> tuple[Any, dict[str, Any]]:
-  """(params to sample with, info) from `<run_workdir>/checkpoints`, restored onto one device. A LoRA checkpoint's
+                   lora_alpha: float = 0.0) -> tuple[Any, Any, dict[str, Any]]:
+  """(params, adapters, info) from `<run_workdir>/checkpoints`, restored onto one device: the trained params and
+  None, or (LoRA) the base params as given and the adapters, which run on their own path in the run's
+  `rl.lora_dtype` as in training (a merge into a bf16 base would round small updates away). A LoRA checkpoint's
   alpha is `lora_alpha` when given, else the run's saved `rl.lora_alpha`."""
   directory = os.path.join(run_workdir, "checkpoints")
   if not os.path.isdir(directory):
@@ -150,22 +155,21 @@ def restore_params(run_workdir: str, base_params: Any, *, step: int = 0,
         raise ValueError(f"policy workdir {run_workdir}: adapter {name} {ab['a'].shape} does not fit the base "
                          f"model's {base_params['layers'][name].shape} (is policy.model the run's base model?)")
     rank = ranks.pop()
+    saved_rl = run_config(run_workdir).get("rl", {})
     if not lora_alpha:
-      saved = run_config(run_workdir).get("rl", {}).get("lora_alpha")
-      if saved is None:
+      if saved_rl.get("lora_alpha") is None:
         raise ValueError(f"policy workdir {run_workdir}: a LoRA checkpoint, but no rl.lora_alpha in its config.json; "
                          "set the policy's lora_alpha")
-      lora_alpha = float(saved)
+      lora_alpha = float(saved_rl["lora_alpha"])
     info.update(kind="lora", rank=int(rank), alpha=float(lora_alpha))
-    merged = lora_lib.merge(base_params, trainable, lora_alpha, rank)  # float32 sums, back to the base's dtypes
-    return jax.tree.map(lambda m, b: m.astype(b.dtype), merged, base_params), info
+    return base_params, transformer.Adapters(trainable, lora_alpha / rank, saved_rl.get("lora_dtype", "float32")), info
   want = jax.tree.map(lambda x: (x.shape, x.dtype), base_params)
   got = jax.tree.map(lambda x: (x.shape, x.dtype), trainable)
   if jax.tree.structure(want) != jax.tree.structure(got) or jax.tree.leaves(want) != jax.tree.leaves(got):
     raise ValueError(f"policy workdir {run_workdir}: the checkpoint's params are neither LoRA adapters nor the "
                      "base model's params in shape and dtype (is policy.model the run's base model?)")
   info["kind"] = "full"
-  return trainable, info
+  return trainable, None, info
 
 
 def load_policy(spec: ml_collections.ConfigDict, scratch_dir: str) -> Policy:
@@ -185,7 +189,8 @@ def load_policy(spec: ml_collections.ConfigDict, scratch_dir: str) -> Policy:
     raise ValueError("policy model.name: empty, and no run workdir with a config.json to read it from")
   params, cfg, tok = load_model(model, scratch_dir)
   info: dict[str, Any] = {"model": model.name, "kind": "base"}
+  adapters = None
   if spec.workdir:
-    params, restored = restore_params(spec.workdir, params, step=spec.step, lora_alpha=spec.lora_alpha)
+    params, adapters, restored = restore_params(spec.workdir, params, step=spec.step, lora_alpha=spec.lora_alpha)
     info.update(restored)
-  return Policy(params, cfg, tok, info)
+  return Policy(params, cfg, tok, info, adapters)

@@ -1,4 +1,4 @@
-"""Policies from a trained run: real orbax checkpoints written as the trainer writes them, LoRA merged on restore."""
+"""Policies from a trained run: real orbax checkpoints written as the trainer writes them; LoRA adapters stay apart."""
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -7,6 +7,7 @@ import pytest
 
 from deliberate import checkpointing
 from deliberate import policy
+from deliberate.model import transformer
 from deliberate.rl import lora, step as step_lib
 
 
@@ -27,29 +28,34 @@ def _lora_state(params, model_config, b_value, key=0):
   return state
 
 
-def test_lora_checkpoint_is_merged(tiny_policy, tmp_path):
+def test_lora_checkpoint_restores_adapters_on_their_own_path(tiny_policy, tmp_path):
+  """The base comes back as given and the adapters beside it (never merged into the base's dtype); the forward with
+  them is the float32 merge's forward."""
   params, config = tiny_policy
   s3, s5 = _lora_state(params, config, 0.01), _lora_state(params, config, 0.02)
   _save(tmp_path, [(3, s3), (5, s5)])
-  merged, info = policy.restore_params(str(tmp_path), params, lora_alpha=8.0)
+  base, adapters, info = policy.restore_params(str(tmp_path), params, lora_alpha=8.0)
   assert info == {"workdir": str(tmp_path), "step": 5, "kind": "lora", "rank": 4, "alpha": 8.0}
-  want = lora.merge(params, s5["params"], 8.0, 4)
-  jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6), merged, want)
-  assert not np.allclose(merged["layers"]["wq"], params["layers"]["wq"])      # the adapters moved it
-  np.testing.assert_array_equal(merged["layers"]["wk"], params["layers"]["wk"])  # not a target: untouched
-  assert jax.tree.map(lambda x: x.dtype, merged) == jax.tree.map(lambda x: x.dtype, params)
-  older, info = policy.restore_params(str(tmp_path), params, step=3, lora_alpha=8.0)
+  assert base is params and adapters.scale == 8.0 / 4 and adapters.dtype == "float32"
+  jax.tree.map(np.testing.assert_array_equal, adapters.params, s5["params"])
+  tokens = jnp.arange(12, dtype=jnp.int32)[None] % config.vocab_size
+  positions = jnp.arange(12, dtype=jnp.int32)[None]
+  with_adapters = transformer.apply(base, tokens, positions, config=config, lora=adapters)[0]
+  merged = transformer.apply(lora.merge(params, s5["params"], 8.0, 4), tokens, positions, config=config)[0]
+  plain = transformer.apply(params, tokens, positions, config=config)[0]
+  np.testing.assert_allclose(with_adapters, merged, rtol=1e-4, atol=1e-4)
+  assert np.abs(np.asarray(with_adapters) - np.asarray(plain)).max() > 1e-3     # the adapters moved it
+  _, older, info = policy.restore_params(str(tmp_path), params, step=3, lora_alpha=8.0)
   assert info["step"] == 3
-  np.testing.assert_allclose(older["layers"]["w_up"], lora.merge(params, s3["params"], 8.0, 4)["layers"]["w_up"],
-                             rtol=1e-6)
+  np.testing.assert_array_equal(older.params["w_up"]["b"], s3["params"]["w_up"]["b"])
 
 
 def test_full_finetune_checkpoint(tiny_policy, tmp_path):
   params, config = tiny_policy
   trained = jax.tree.map(lambda x: x + 0.5, params)
   _save(tmp_path, [(2, {"params": trained, "opt_state": optax.sgd(0.1).init(trained)})])
-  restored, info = policy.restore_params(str(tmp_path), params)
-  assert info["kind"] == "full" and info["step"] == 2
+  restored, adapters, info = policy.restore_params(str(tmp_path), params)
+  assert info["kind"] == "full" and info["step"] == 2 and adapters is None
   jax.tree.map(np.testing.assert_array_equal, restored, trained)
 
 

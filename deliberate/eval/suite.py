@@ -150,7 +150,8 @@ def generate_outputs(c: ml_collections.ConfigDict, label: str, tasks, questions,
   when this returns, so policies are evaluated one at a time."""
   spec = c.policies[label]
   pol = policy_lib.load_policy(spec, os.path.join(workdir, label, "scratch"))
-  engine = policy_lib.build_engine(pol.params, pol.config, pol.tokenizer, sharded=c.sampling_sharded)
+  engine = policy_lib.build_engine(pol.params, pol.config, pol.tokenizer, sharded=c.sampling_sharded,
+                                   lora=pol.adapters)
   self_judging = c.judge.embedded and c.judge.embedded_backend == "model"
   out: dict[str, Any] = {"info": pol.info}
   judge_fn = (policy_lib.judge_fn(engine, pol.params, pol.config, pol.tokenizer, c.judge.verdict_mode)
