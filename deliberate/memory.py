@@ -280,7 +280,8 @@ def device_limit(devices) -> int | None:
 
 
 def check_fits(c, limit_bytes: int | None = None) -> dict[str, Any] | None:
-  """Raises before any weight is loaded when run config `c` cannot fit its devices, naming the field to change.
+  """Raises before any weight is loaded when run config `c` cannot fit its devices, naming the field to change:
+  a mesh that does not divide the model's heads, or programs over the memory limit.
 
   The limit is `limit_bytes`, else `config.memory_limit_gib`, else the devices' own; with none (CPU) nothing is
   checked and None is returned. The mesh is the run's: the sharded step's (data, fsdp), or the pmap step's
@@ -288,18 +289,22 @@ def check_fits(c, limit_bytes: int | None = None) -> dict[str, Any] | None:
   devices: a TPU's or GPU's own compiler, not the CPU's.
   """
   import jax
+  from deliberate.sampling.engine import check_layout
+  n = jax.device_count()
+  fsdp = c.rl.mesh_fsdp if c.rl.step == "sharded" else 1
+  data = (c.rl.mesh_data or n // fsdp) if c.rl.step == "sharded" else n
+  row_axes = tuple(c.rl.sampling_row_axes.split(","))
+  try:
+    cfg = model_config(c)
+  except ValueError:  # a GGUF file or a registry name this table does not know: the check needs the weights
+    return None
+  check_layout(cfg, {"data": data, "fsdp": fsdp}, row_axes,
+               {"data": "config.rl.mesh_data", "fsdp": "config.rl.mesh_fsdp"})
   if limit_bytes is None:
     limit_bytes = int(c.memory_limit_gib * GIB) if c.memory_limit_gib > 0 else device_limit(jax.devices())
   if limit_bytes is None:
     return None
-  n = jax.device_count()
-  fsdp = c.rl.mesh_fsdp if c.rl.step == "sharded" else 1
-  data = (c.rl.mesh_data or n // fsdp) if c.rl.step == "sharded" else n
-  try:
-    model_config(c)
-  except ValueError:  # a GGUF file or a registry name this table does not know: the check needs the weights
-    return None
-  r = analyze(c, data, fsdp, costs=False, row_axes=tuple(c.rl.sampling_row_axes.split(",")))
+  r = analyze(c, data, fsdp, costs=False, row_axes=row_axes)
   fixes = {"train_step": "config.rl.micro_batches (or rl.remat, rl.token_chunk, rl.mesh_fsdp)",
            "sample_turn": "config.rl.mesh_fsdp (or the group size, data.prompts_per_step)",
            "sample_final": "config.rl.mesh_fsdp (or the completion's max tokens)"}

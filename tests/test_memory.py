@@ -84,6 +84,15 @@ def test_a_run_that_cannot_fit_fails_before_any_weight_is_loaded(tmp_path):
   assert not os.path.exists(tmp_path / "run" / "checkpoints")
 
 
+def test_a_mesh_that_does_not_divide_the_heads_fails_before_loading_even_without_a_limit(tmp_path):
+  from deliberate import trainer
+  c = _tiny()
+  c.model.name, c.judge.embedded = _weightless_hf_dir(tmp_path), True
+  c.rl.step, c.rl.mesh_fsdp = "sharded", 4   # 4 does not divide the 2 kv heads
+  with pytest.raises(ValueError, match=r"config.rl.mesh_fsdp: 4 does not divide the model's n_kv_heads = 2"):
+    trainer.Trainer(c, str(tmp_path / "run"))
+
+
 def test_the_check_passes_a_run_that_fits_and_skips_without_a_limit(tmp_path):
   from deliberate import memory as lib
   c = _tiny()
