@@ -70,8 +70,8 @@ def main(argv=None) -> None:
                              f" --xla_force_host_platform_device_count={a.devices}").strip()
   os.environ.setdefault("JAX_PLATFORMS", "cpu")
   c = load_config(a.config)
-  fsdp = a.mesh_fsdp or c.rl.mesh_fsdp
-  data = a.mesh_data or c.rl.mesh_data or a.devices // fsdp
+  from deliberate.mesh import mesh_shape
+  data, fsdp = mesh_shape(a.mesh_data or c.rl.mesh_data, a.mesh_fsdp or c.rl.mesh_fsdp, a.devices)
   meshes = [(data, fsdp)] + ([(1, 1)] if a.one_gpu else [])
   for d, f in meshes:
     r = analyze(c, d, f, before=a.before, opening=a.opening_tokens or None)

@@ -290,9 +290,9 @@ def check_fits(c, limit_bytes: int | None = None) -> dict[str, Any] | None:
   """
   import jax
   from deliberate.sampling.engine import check_layout
+  from deliberate.mesh import mesh_shape
   n = jax.device_count()
-  fsdp = c.rl.mesh_fsdp if c.rl.step == "sharded" else 1
-  data = (c.rl.mesh_data or n // fsdp) if c.rl.step == "sharded" else n
+  data, fsdp = mesh_shape(c.rl.mesh_data, c.rl.mesh_fsdp, n) if c.rl.step == "sharded" else (n, 1)
   row_axes = tuple(c.rl.sampling_row_axes.split(","))
   try:
     cfg = model_config(c)

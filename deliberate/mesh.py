@@ -11,13 +11,22 @@ from jax.sharding import AxisType, Mesh
 BATCH_AXES = ("data", "fsdp")  # rows are split over both: every device computes on its own rows (FSDP-style)
 
 
+def mesh_shape(data: int, fsdp: int, n: int) -> tuple[int, int]:
+  """(data, fsdp) on n devices: data = 0 takes the devices fsdp leaves; fsdp = 0 takes the devices data leaves
+  (data = 1 then, unless given)."""
+  if fsdp < 0 or data < 0:
+    raise ValueError(f"mesh: data and fsdp must be >= 0, got {data} x {fsdp}")
+  if fsdp == 0:
+    data = data or 1
+    return data, n // data
+  return data or n // fsdp, fsdp
+
+
 def make_mesh(data: int = 0, fsdp: int = 1, devices: list | None = None) -> Mesh:
-  """data x fsdp devices (data = 0: all devices / fsdp)."""
-  if fsdp < 1:
-    raise ValueError(f"mesh: fsdp must be >= 1, got {fsdp}")
+  """data x fsdp devices (see `mesh_shape` for 0)."""
   n = len(devices) if devices is not None else jax.device_count()
-  data = data or n // fsdp
-  if data < 1 or data * fsdp > n:
+  data, fsdp = mesh_shape(data, fsdp, n)
+  if data < 1 or fsdp < 1 or data * fsdp > n:
     raise ValueError(f"mesh: {data} x {fsdp} (data x fsdp) needs {data * fsdp} devices, have {n}")
   devices = devices or jax.devices()[:data * fsdp]
   return jax.make_mesh((data, fsdp), BATCH_AXES, axis_types=(AxisType.Auto, AxisType.Auto), devices=devices)

@@ -14,7 +14,8 @@ def default_config() -> ml_collections.ConfigDict:
   c = ml_collections.ConfigDict()
   c.step = "pmap"                  # 'pmap' (params replicated) | 'sharded' (jit over a (data, fsdp) mesh)
   c.mesh_data = 0                  # sharded: data axis size (0 = devices / mesh_fsdp)
-  c.mesh_fsdp = 1                  # sharded: fsdp axis size (params and optimizer state split along it)
+  c.mesh_fsdp = 1                  # sharded: fsdp axis size (params and optimizer state split along it; 0 = the
+                                   # devices mesh_data leaves, so a config fits 8 chips and one GPU alike)
   c.clip_eps_low = 0.2             # not disclosed: the usual PPO/GRPO value
   c.clip_eps_high = 0.2
   c.old_logprobs = "recompute"     # the ratio's denominator. 'recompute': the step's own forward, stop-gradient:
@@ -57,10 +58,10 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.rl") -> None:
     raise ValueError(f"{prefix}.norm_mode: {c.norm_mode!r} is not one of {NORM_MODES}")
   if c.norm_mode == "constant" and c.norm_constant <= 0:
     raise ValueError(f"{prefix}.norm_constant: must be > 0 in 'constant' mode")
-  for f in ("clip_eps_low", "clip_eps_high", "beta", "lora_rank", "token_chunk", "mesh_data"):
+  for f in ("clip_eps_low", "clip_eps_high", "beta", "lora_rank", "token_chunk", "mesh_data", "mesh_fsdp"):
     if c[f] < 0:
       raise ValueError(f"{prefix}.{f}: must be >= 0, got {c[f]}")
-  for f in ("micro_batches", "mesh_fsdp"):
+  for f in ("micro_batches",):
     if c[f] < 1:
       raise ValueError(f"{prefix}.{f}: must be >= 1, got {c[f]}")
   if c.old_logprobs not in OLD_LOGPROBS:
