@@ -85,7 +85,7 @@ def test_figure2_draws_evaluation_ca_not_reward(tmp_path):
   np.testing.assert_allclose(ca.lines[1].get_ydata(), figures.running_average(m["eval/ca/group_mean"], 10))
   assert not np.allclose(ca.lines[1].get_ydata(), figures.running_average(m["eval/reward/group_mean"], 10))
   np.testing.assert_allclose(ca.lines[0].get_ydata(), 1.0)
-  assert ca.get_ylabel() == "CA score"
+  assert ca.get_ylabel() == "lexicon-CA score" and "lexicon" in ca.get_title()  # the keyword heuristic's run
   assert figures.LEXICON_LABEL in fig.get_suptitle() and "Figure 2" in fig.get_suptitle()
   old = str(tmp_path / "old")
   write_run(old, eval_metrics=True, ca_metrics=False, judge_backend="model")
@@ -93,6 +93,7 @@ def test_figure2_draws_evaluation_ca_not_reward(tmp_path):
   np.testing.assert_allclose(fig.axes[0].lines[1].get_ydata(),
                              figures.running_average(figures.load_metrics(old)["eval/reward/group_mean"], 10))
   assert "else 0" in fig.axes[0].get_ylabel() and "lexicon" not in fig.get_suptitle()
+  assert "lexicon" not in fig.axes[0].get_ylabel() + fig.axes[0].get_title()
   with pytest.raises(ValueError, match="metrics have no 'eval/ca/group_min'"):
     figures.training_dynamics(figures.load_metrics(old), prefix="eval/", ca_source="ca")
   assert os.path.getsize(tmp_path / "fig2.png") > 10000

@@ -99,9 +99,12 @@ def ca_keys(metrics: Mapping[str, np.ndarray], prefix: str, source: str = "auto"
   return tuple(prefix + k for k in REWARD_KEYS), "reward (CA if agreed, else 0)"
 
 
-def _ca_panel(ax, metrics: Mapping[str, np.ndarray], prefix: str, window: int, source: str = "auto") -> None:
+def _ca_panel(ax, metrics: Mapping[str, np.ndarray], prefix: str, window: int, source: str = "auto",
+              judge: str = "") -> None:
   steps = metrics["step"]
   keys, ylabel = ca_keys(metrics, prefix, source)
+  if judge == LEXICON_LABEL:  # the keyword heuristic's 0-5, never to be read as an LLM judge's CA score
+    ylabel = ylabel.replace("CA", "lexicon-CA")
   for key, (label, style) in zip(keys, CA_STYLES):
     ax.plot(steps, running_average(_series(metrics, key), window), style, color="C0", label=f"group {label}")
   ax.set_ylim(0, 5)
@@ -117,8 +120,8 @@ def training_dynamics(metrics: Mapping[str, np.ndarray], *, window: int = 50, pr
   `ca_source` picks panel (a)'s series (see `ca_keys`); `judge` names the judge in the title."""
   fig = Figure(figsize=(13, 3.8), layout="constrained")
   ax_ca, ax_agree, ax_rounds = fig.subplots(1, 3)
-  _ca_panel(ax_ca, metrics, prefix, window, ca_source)
-  ax_ca.set_title("(a) Collective Agency")
+  _ca_panel(ax_ca, metrics, prefix, window, ca_source, judge)
+  ax_ca.set_title("(a) Collective Agency" + (" (lexicon heuristic)" if judge == LEXICON_LABEL else ""))
   steps = metrics["step"]
   ax_agree.plot(steps, running_average(_series(metrics, prefix + AGREEMENT_KEY), window), color="C2")
   ax_agree.set_ylim(0, 1.02)
@@ -144,8 +147,8 @@ def single_agent_dynamics(metrics: Mapping[str, np.ndarray], *, window: int = 50
   fig = Figure(figsize=(5.5, 3.8), layout="constrained")
   ax = fig.subplots()
   _ca_panel(ax, metrics, "", window)
-  ax.set_ylabel("CA score")
-  ax.set_title("single-agent Collective Agency")
+  ax.set_ylabel("lexicon-CA score" if judge == LEXICON_LABEL else "CA score")
+  ax.set_title("single-agent Collective Agency" + (" (lexicon heuristic)" if judge == LEXICON_LABEL else ""))
   _title(fig, title, judge)
   return _save(fig, path)
 
