@@ -99,7 +99,7 @@ def test_api_key_is_sent_but_never_logged_cached_or_shown(tmp_path, monkeypatch,
   files = list(pathlib.Path(tmp_path).iterdir())
   assert files and all(SECRET.encode() not in f.read_bytes() for f in files)
   with SyncJudge(_embedded(api_key_env="DELIBERATE_TEST_JUDGE_KEY")) as judge:  # never sent to the local server
-    assert "authorization" not in judge.client._http.headers
+    assert "Authorization" not in judge.client._headers
 
 
 def test_missing_key_env_warns_by_name_only(monkeypatch, caplog):
