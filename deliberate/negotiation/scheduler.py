@@ -1,10 +1,10 @@
-"""The two schedulers of a step's dialogues (lockstep and async: rollouts that never wait), and one step off-policy.
+"""The two schedulers of a step's dialogues (lockstep; async: rollouts that never wait), and one step off-policy.
 
 Both compose the per-dialogue steps of negotiation/dialogue.py; negotiation/episode.py's `Negotiator` picks one.
 
 The lockstep rollout samples a turn for every active dialogue, then waits for every verdict, so a step costs the sum
-of sampling and N serial judge round trips. In the async rollout the sampler (the caller's thread) takes whichever dialogues are
-ready for a turn (up to `scheduler_max_batch`, waiting at most `scheduler_fill_wait_s` for more verdicts to fill the
+of sampling and N serial judge round trips. In the async rollout the sampler (the caller's thread) takes whichever
+dialogues are ready for a turn (up to `scheduler_max_batch`, waiting at most `scheduler_fill_wait_s` for more verdicts to fill the
 batch), agreement and CA verdicts stream back from the judge's own loop as they finish, and a dialogue that agrees
 has its completion sampled at once. With `overlap_judge`, an otherwise idle sampler samples the next turn of
 dialogues still waiting on their verdict; a 'no' then finds that turn ready. The G dialogues of a group need not
