@@ -4,10 +4,10 @@ Both compose the per-dialogue steps of negotiation/dialogue.py; negotiation/epis
 
 The lockstep rollout samples a turn for every active dialogue, then waits for every verdict, so a step costs the sum
 of sampling and N serial judge round trips. In the async rollout the sampler (the caller's thread) takes whichever
-dialogues are ready for a turn (up to `scheduler_max_batch`, waiting at most `scheduler_fill_wait_s` for more
-verdicts to fill the batch), agreement and CA verdicts stream back from the judge's own loop as they finish, and a
-dialogue that agrees has its completion sampled at once. With `overlap_judge`, an otherwise idle sampler samples the next turn of
-dialogues still waiting on their verdict; a 'no' then finds that turn ready. The G dialogues of a group need not
+dialogues are ready for a turn (up to `scheduler_max_batch`, waiting at most `scheduler_fill_wait_s` for more verdicts
+to fill the batch), agreement and CA verdicts stream back from the judge's own loop as they finish, and a dialogue
+that agrees has its completion sampled at once. With `overlap_judge`, an otherwise idle sampler samples the next turn
+of dialogues still waiting on their verdict; a 'no' then finds that turn ready. The G dialogues of a group need not
 move together.
 
 Same results as lockstep: every row's randomness is keyed by (dialogue, turn) through its row id, the prompts depend
