@@ -85,6 +85,31 @@ def run_once(engine, tok, judge, cfg, items, seed):
   return dict(wall=time.time() - t0, neg=neg, ds=ds, compiles=engine.compile_count - compiled)
 
 
+def batch_probe(engine, tok, cfg, items, seed: int, splits=(16, 8, 4)) -> None:
+  """Batch-dependent numerics on the real model: the same turn-0 requests (same row ids) sampled in batches of
+  different sizes; the tokens should match and the log-probs differ only by float rounding of the call's shapes."""
+  neg = episode.Negotiator(engine, tok, None, cfg)
+  g = cfg.group_size
+  ds = [episode.Dialogue(i * g + j, i, it["dilemma"], it["pair"]) for i, it in enumerate(items) for j in range(g)]
+  reqs = [neg.turn_request(d) for d in ds]
+  runs = {}
+  for size in splits:
+    t0 = time.time()
+    runs[size] = [o for k in range(0, len(reqs), size) for o in engine.generate(reqs[k:k + size], neg.turn_sp, seed)]
+    print(f"probe: {len(reqs)} turn-0 rows in calls of {size}: {time.time() - t0:.1f}s, last {engine.last_stats}",
+          flush=True)
+  ref = runs[splits[0]]
+  for size in splits[1:]:
+    same = sum(a.tokens == b.tokens for a, b in zip(ref, runs[size]))
+    diffs = []
+    for a, b in zip(ref, runs[size]):
+      n = next((i for i, (x, y) in enumerate(zip(a.tokens, b.tokens)) if x != y), min(len(a.tokens), len(b.tokens)))
+      diffs += [abs(x - y) for x, y in zip(a.logprobs[:n], b.logprobs[:n])]
+    print(f"probe: calls of {size} vs {splits[0]}: {same}/{len(ref)} rows with identical tokens, max |log-prob "
+          f"diff| on shared prefixes {max(diffs, default=0.0):.2e}, mean {sum(diffs) / max(len(diffs), 1):.2e}",
+          flush=True)
+
+
 def parse_async(spec: str) -> list[tuple[int, bool]]:
   """'0:1,8:0' -> [(max_batch 0, speculate), (max_batch 8, no speculation)]."""
   out = []
@@ -107,6 +132,7 @@ def main() -> None:
                  help="async runs as max_batch:speculate pairs (max_batch 0: no cap; speculate: overlap_judge)")
   p.add_argument("--fill_wait_s", type=float, default=0.02)
   p.add_argument("--seed", type=int, default=0)
+  p.add_argument("--probe", default="", help="only the batch-numerics probe: call sizes, e.g. '16,8,4'")
   p.add_argument("--cache_dir", default=os.path.join(tempfile.gettempdir(), "deliberate-bench-xla-cache"),
                  help="persistent XLA compilation cache ('' to disable)")
   a = p.parse_args()
@@ -134,6 +160,9 @@ def main() -> None:
       c.scheduler_max_batch, c.scheduler_fill_wait_s, c.overlap_judge = max_batch, a.fill_wait_s, speculate
     return c
 
+  if a.probe:
+    batch_probe(engine, tok, cfg("lockstep"), items, a.seed, tuple(int(x) for x in a.probe.split(",")))
+    return
   name = lambda mb, sp: f"async(max_batch={mb or 'none'}, speculate={int(sp)})"
   print(f"model {a.model}, {a.prompts} prompts x G={a.group}, N={a.max_turns}, turn/completion tokens "
         f"{a.max_turn_tokens}/{a.max_completion_tokens}, fill_wait={a.fill_wait_s}s, judge: deterministic local "
