@@ -1,11 +1,13 @@
-"""Rollouts that never wait: each dialogue advances as soon as its own verdict is in.
+"""The two schedulers of a step's dialogues (lockstep; async: rollouts that never wait), and one step off-policy.
+
+Both compose the per-dialogue steps of negotiation/dialogue.py; negotiation/episode.py's `Negotiator` picks one.
 
 The lockstep rollout samples a turn for every active dialogue, then waits for every verdict, so a step costs the sum
-of sampling and N serial judge round trips. Here the sampler (the caller's thread) takes whichever dialogues are
-ready for a turn (up to `scheduler_max_batch`, waiting at most `scheduler_fill_wait_s` for more verdicts to fill the
-batch), agreement and CA verdicts stream back from the judge's own loop as they finish, and a dialogue that agrees
-has its completion sampled at once. With `overlap_judge`, an otherwise idle sampler samples the next turn of
-dialogues still waiting on their verdict; a 'no' then finds that turn ready. The G dialogues of a group need not
+of sampling and N serial judge round trips. In the async rollout the sampler (the caller's thread) takes whichever
+dialogues are ready for a turn (up to `scheduler_max_batch`, waiting at most `scheduler_fill_wait_s` for more verdicts
+to fill the batch), agreement and CA verdicts stream back from the judge's own loop as they finish, and a dialogue
+that agrees has its completion sampled at once. With `overlap_judge`, an otherwise idle sampler samples the next turn
+of dialogues still waiting on their verdict; a 'no' then finds that turn ready. The G dialogues of a group need not
 move together.
 
 Same results as lockstep: every row's randomness is keyed by (dialogue, turn) through its row id, the prompts depend
@@ -24,10 +26,10 @@ import threading
 import time
 from typing import Any, Callable
 
+import jax
 import numpy as np
 
-from deliberate.judge import judges
-from deliberate.negotiation.episode import Dialogue, Negotiator, Turn
+from deliberate.negotiation.dialogue import Dialogue, DialogueSteps, Turn
 
 
 @dataclasses.dataclass
@@ -39,6 +41,34 @@ class _Failed:
   latency_s: float = 0.0
 
 
+def run_lockstep(steps: DialogueSteps, dialogues: list[Dialogue], seed: int, evaluation: bool) -> None:
+  """Per turn: every active dialogue sampled in one call, then all their verdicts; with `overlap_judge` the next turn
+  is sampled speculatively while the verdicts run. Completions and CA scores are batched once the turns are over."""
+  active, n_max = list(dialogues), steps.config.max_turns
+  pending = steps.sample_turns(active, seed)
+  for t in range(n_max):
+    for d, turn in zip(active, pending):
+      d.turns.append(turn)
+    verdicts = steps.submit_agreement(active)
+    speculative = None
+    if steps.config.overlap_judge and t + 1 < n_max:
+      speculative = steps.sample_turns(active, seed)  # row ids make these the same tokens as a later call
+    for d, res in zip(active, steps.wait(verdicts)):
+      steps.apply_verdict(d, res)
+    still = [i for i, d in enumerate(active) if d.active]
+    if speculative is not None:
+      pending = [speculative[i] for i in still]
+    active = [active[i] for i in still]
+    if not active or t + 1 == n_max:
+      break
+    if speculative is None:
+      pending = steps.sample_turns(active, seed)
+  writers = [d for d in dialogues if steps.writes_completion(d, evaluation)]
+  steps.sample_completions(writers, seed)
+  for d, res in zip(writers, steps.wait(steps.submit_ca(writers)) if writers else []):
+    steps.apply_score(d, res)
+
+
 def _result(future: cf.Future):
   exc = future.exception()
   if exc is not None:
@@ -47,9 +77,9 @@ def _result(future: cf.Future):
 
 
 class AsyncScheduler:
-  """One rollout of a Negotiator's dialogues; `stats` says how it went (engine calls, batches, speculation)."""
+  """One rollout of a step's dialogues; `stats` says how it went (engine calls, batches, speculation)."""
 
-  def __init__(self, negotiator: Negotiator):
+  def __init__(self, negotiator: DialogueSteps):
     self.neg = negotiator
     c = negotiator.config
     self.max_batch = int(c.scheduler_max_batch) or 1 << 30
@@ -66,7 +96,7 @@ class AsyncScheduler:
     spec: dict[int, Turn] = {}           # dialogue index -> its next turn, sampled before the verdict came
 
     def submit_agreement(d: Dialogue) -> None:
-      agreement[neg.judge.map_async(judges.judge_agreement, [neg.agreement_kwargs(d)])] = d
+      agreement[neg.submit_agreement([d])] = d
 
     def on_verdict(d: Dialogue, res) -> None:
       neg.apply_verdict(d, res)
@@ -115,7 +145,7 @@ class AsyncScheduler:
           self.stats["completion_calls"] += 1
           neg.sample_completions(batch, seed)
           for d in batch:
-            scoring[neg.judge.map_async(judges.judge_ca, [neg.ca_kwargs(d)])] = d
+            scoring[neg.submit_ca([d])] = d
         continue
       waiting = [d for d in agreement.values() if d.index not in spec and d.rounds < n_max]
       if self.speculate and waiting:
@@ -175,7 +205,6 @@ class BackgroundRollout:
 def params_fingerprint(engine) -> tuple:
   """Identity of the weights an engine samples with: the objects set, and a checksum of the adapters (small) or,
   without adapters, of a few leaves of the base. Catches a sync that silently did not happen."""
-  import jax  # noqa: PLC0415
   lora = engine.lora
   tree = lora if lora is not None else engine.params
   leaves = jax.tree.leaves(tree)
