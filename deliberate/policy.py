@@ -72,7 +72,7 @@ def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True
 def judge_fn(engine: SamplingEngine, params, config: ModelConfig, tokenizer, verdict_mode: str = "text"):
   """generate_fn of the judge server's `model` backend, the policy judging with its own engine (self-judging):
   text answers, or (verdict_mode 'logits') verdicts read from the logits after a bounded reasoning budget, which
-  never fail to parse. The logit scoring reads `params` (the base under LoRA)."""
+  never fail to parse. The logit scoring reads `params` (the base under LoRA) and the engine's current adapters."""
   if verdict_mode == "logits":
     from deliberate.judge.logits import LocalJudgeModel  # noqa: PLC0415
     return LocalJudgeModel(params, config, tokenizer, engine)

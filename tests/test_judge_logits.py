@@ -89,3 +89,23 @@ def test_logit_judge_never_fails_to_parse_where_text_does(judge_model):
     assert r.mean == pytest.approx(sum(int(a) * p for a, p in r.probs.items()))
     assert r.text.splitlines()[-1] == f"Score: {r.value}"
   assert metrics["judge/verdicts_from_probs"] == 3 and metrics["judge/failures"] == 0
+
+
+def test_a_lora_policy_judging_itself_scores_with_its_adapters(judge_model):
+  """Logit verdicts read the engine's current params and adapters, so a trained LoRA policy's judge moves with it."""
+  from deliberate.rl import lora
+  from deliberate.sampling.engine import SamplingEngine
+  m = judge_model
+  cfg = lora.LoraConfig(rank=4, alpha=8.0, targets=("wq", "w_up"))
+  ab = lora.init_lora(m.params, cfg, jax.random.key(1))
+  ab = {k: {"a": v["a"], "b": jnp.full_like(v["b"], 0.05)} for k, v in ab.items()}
+  adapters = lora.adapters(ab, cfg)
+  judged = LocalJudgeModel(m.params, m.config, m.tokenizer, SamplingEngine(m.params, m.config, lora=adapters))
+  context = tok_lib.render_ids(m.tokenizer, MSGS)
+  ids = list(context) + [7]
+  logits, _ = transformer.apply(m.params, jnp.asarray([ids]), jnp.arange(len(ids))[None], config=m.config,
+                                lora=adapters)
+  want = float(jax.nn.log_softmax(logits[0, len(context) - 1])[7])
+  [[got]] = judged.sequence_logprobs([context], [[[7]]])
+  [[base]] = m.sequence_logprobs([context], [[[7]]])
+  assert got == pytest.approx(want, abs=1e-4) and abs(got - base) > 1e-3

@@ -72,7 +72,8 @@ def test_set_params_lays_out_the_base_once_and_swaps_adapters(policy):
   assert eng.layout_bytes == layer_bytes  # the explicit switch: one copy of the layer weights
   moved = lora.adapters(jax.tree.map(lambda x: 2 * x, adapters.params), LCFG)
   eng.set_params(base, lora=moved)
-  assert eng._decode_params is laid_out and eng.lora is moved
+  assert eng._decode_params is laid_out and eng.lora is not moved  # its own copy: a train step may donate `moved`
+  jax.tree.map(np.testing.assert_array_equal, eng.lora.params, moved.params)
   eng.params = base  # the old spelling: the same base, no adapters
   assert eng._decode_params is laid_out and eng.lora is None
   with pytest.raises(ValueError, match="layout"):

@@ -41,8 +41,8 @@ class LocalJudgeModel:
     self.engine = engine or SamplingEngine(params, config, stop_ids=sorted(self.engine_stop_ids))
     self._seed = 0
 
-    def logprobs_at(params, tokens_BxT, positions_BxT, index_BxK):
-      h, _ = transformer.forward_hidden(params, tokens_BxT, positions_BxT, config=config)
+    def logprobs_at(params, lora, tokens_BxT, positions_BxT, index_BxK):
+      h, _ = transformer.forward_hidden(params, tokens_BxT, positions_BxT, config=config, lora=lora)
       h = jnp.take_along_axis(h, index_BxK[..., None], axis=1)
       logits = jnp.dot(h, transformer.unembed_matrix(params, config).astype(h.dtype),
                        preferred_element_type=jnp.float32)
@@ -99,7 +99,9 @@ class LocalJudgeModel:
       for r, row in enumerate(chunk):
         tokens[r, :len(rows[row])] = rows[row]  # right padding: causal attention keeps it out of earlier logits
         idx[r, :len(index[row])] = index[row]
-      lp = np.asarray(self._logprobs_at(self.params, jnp.asarray(tokens), jnp.asarray(positions), jnp.asarray(idx)))
+      # The engine's current params and adapters: a policy judging itself scores with the policy it samples.
+      lp = np.asarray(self._logprobs_at(self.engine.params, self.engine.lora, jnp.asarray(tokens),
+                                        jnp.asarray(positions), jnp.asarray(idx)))
       for r, row in enumerate(chunk):
         i, parts = owners[row]
         for j, slots, ids in parts:

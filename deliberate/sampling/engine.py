@@ -138,12 +138,11 @@ class SamplingEngine:
       else:
         self.layout_bytes = 0
       self._decode_params = placed
-    self._lora = lora
-    if lora is None:
-      self._decode_lora = None
-    else:
+    if lora is not None:  # the engine's own copy: `lora` reads it (e.g. a local judge scoring with the policy)
       lora = jax.tree.map(jnp.copy, self._place(lora))
-      self._decode_lora = split_adapters(lora, self.config.n_layers) if self.layout == "split" else lora
+    self._lora = lora
+    self._decode_lora = (split_adapters(lora, self.config.n_layers) if self.layout == "split" else lora
+                         ) if lora is not None else None
 
   def _place(self, tree):
     """Leaves already on this engine's mesh stay as they are; the others are replicated over it once."""
