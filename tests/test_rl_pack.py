@@ -55,8 +55,9 @@ def test_a_row_longer_than_the_pack_length_is_refused_naming_the_field():
                        pack_length=8)
 
 
-def _grads_fn():
-  return jax.jit(step_lib._grads, static_argnums=(4, 5))
+_GRADS = jax.jit(step_lib._grads, static_argnums=(4, 5))  # one compiled function for every test of this file
+# The norm mode lives in the host-side weights (loss.prepare_batch): one compiled config serves all three.
+STEP_CFG = step_lib.StepConfig(model=CFG, loss=loss_lib.LossConfig(), temperature=0.7)
 
 
 @pytest.fixture(scope="module")
@@ -74,12 +75,9 @@ def _value_and_grads(fn, params, b, cfg):
 @pytest.mark.parametrize("skip_zero", [False, True])
 @pytest.mark.parametrize("mode", loss_lib.NORM_MODES)
 def test_packed_and_padded_give_the_same_loss_and_gradient(params, mode, skip_zero):
-  cfg = step_lib.StepConfig(model=CFG, loss=loss_lib.LossConfig(norm_mode=mode, norm_constant=37.0),
-                            temperature=0.7)
-  fn = _grads_fn()
   padded, packed = _both(mode, skip_zero)
-  v0, g0, m0 = _value_and_grads(fn, params, padded, cfg)
-  v1, g1, m1 = _value_and_grads(fn, params, packed, cfg)
+  v0, g0, m0 = _value_and_grads(_GRADS, params, padded, STEP_CFG)
+  v1, g1, m1 = _value_and_grads(_GRADS, params, packed, STEP_CFG)
   assert v1 == pytest.approx(v0, rel=1e-5, abs=1e-7)
   for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
     np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-7)
@@ -89,12 +87,10 @@ def test_packed_and_padded_give_the_same_loss_and_gradient(params, mode, skip_ze
 
 
 def test_without_the_segment_mask_rows_would_see_each_other(params):
-  cfg = step_lib.StepConfig(model=CFG, loss=loss_lib.LossConfig(), temperature=0.7)
-  fn = _grads_fn()
   padded, packed = _both("token_sum", skip_zero=False)
   leaky = {**packed, "segments_BxT": (packed["segments_BxT"] > 0).astype(np.int32)}
-  v0, _, _ = _value_and_grads(fn, params, padded, cfg)
-  v1, _, _ = _value_and_grads(fn, params, leaky, cfg)
+  v0, _, _ = _value_and_grads(_GRADS, params, padded, STEP_CFG)
+  v1, _, _ = _value_and_grads(_GRADS, params, leaky, STEP_CFG)
   assert abs(v1 - v0) > 1e-3 * abs(v0)
 
 
@@ -106,19 +102,18 @@ def _host(tree):
 def test_both_step_kinds_give_the_padded_update_in_fixed_shape_calls(params, kind):
   """SGD(1): the update is the gradient. Two devices; a packed step runs in calls of one sequence per device."""
   tx = optax.sgd(1.0)
-  cfg = step_lib.StepConfig(model=CFG, loss=loss_lib.LossConfig(norm_mode="seq_mean_token_mean"), temperature=0.7)
+  cfg = STEP_CFG
   padded, packed = _both("seq_mean_token_mean", skip_zero=True, multiple=2)
   assert len(packed["tokens_BxT"]) > 2  # several calls
   out = []
+  mesh = step_lib.make_mesh(2, 1)
+  step = (step_lib.make_pmap_step(tx, cfg, jax.local_devices()[:2]) if kind == "pmap" else
+          step_lib.make_sharded_step(tx, cfg, mesh))  # one step for both layouts: only the gradient call recompiles
   for b in (padded, packed):
     if kind == "pmap":
-      step = step_lib.make_pmap_step(tx, cfg, jax.local_devices()[:2])
-      state = step_lib.replicate({"params": params, "opt_state": tx.init(params)}, 2)
-      new, metrics = step(state, None, b)
+      new, metrics = step(step_lib.replicate({"params": params, "opt_state": tx.init(params)}, 2), None, b)
       new = step_lib.unreplicate(new)
     else:
-      mesh = step_lib.make_mesh(2, 1)
-      step = step_lib.make_sharded_step(tx, cfg, mesh)
       new, metrics = step(step_lib.init_sharded_state(params, tx, mesh), None, b)
     out.append((_host(new["params"]), loss_lib.finalize_metrics(metrics)))
   (p0, m0), (p1, m1) = out

@@ -139,11 +139,6 @@ def _targets_bound(batch: Mapping[str, np.ndarray], cfg: StepConfig, seen: dict)
   return k
 
 
-def _metric_zeros(shapes) -> loss_lib.Metrics:
-  fill = {"sum": 0.0, "count": 0.0, "min": np.inf, "max": -np.inf}
-  return {g: jax.tree.map(lambda s, v=fill[g]: np.full(s.shape, v, s.dtype), t) for g, t in shapes.items()}
-
-
 def _accumulate(trainable, frozen, batch, denom, acc, cfg: StepConfig, k: int, constrain: Callable = lambda x: x):
   """acc = (value, float32 grads, metrics) plus this call's share."""
   value, grads, metrics = _grads(trainable, frozen, batch, denom, cfg, k, constrain)
@@ -152,8 +147,13 @@ def _accumulate(trainable, frozen, batch, denom, acc, cfg: StepConfig, k: int, c
           loss_lib.combine_metrics(m0, metrics))
 
 
-def _zero_grads(trainable):
-  return jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable)
+def _zeros(trainable, frozen, batch, cfg: StepConfig, k: int, constrain: Callable = lambda x: x):
+  """The accumulator (value, float32 grads, metrics) at zero, made on the devices: every gradient call of a step
+  then sees inputs of one kind and reuses one program."""
+  shapes = jax.eval_shape(lambda: _grads(trainable, frozen, batch, jnp.ones(()), cfg, k, constrain)[2])
+  fill = {"sum": 0.0, "count": 0.0, "min": jnp.inf, "max": -jnp.inf}
+  metrics = {g: jax.tree.map(lambda s, v=fill[g]: jnp.full(s.shape, v, s.dtype), t) for g, t in shapes.items()}
+  return jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable), metrics
 
 
 # ----------------------------------------------------------------------------------------------- pmap (replicated)
@@ -188,9 +188,8 @@ def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, dev
   devices = devices or (jax.local_devices() if jax.process_count() == 1 else None)
   n = len(devices) if devices else jax.local_device_count()
 
-  def device_grads(params, frozen, batch, counts, acc, k):
-    denom = jax.lax.psum(jnp.sum(counts), "data")
-    return _accumulate(params, frozen, batch, denom, acc, cfg, k)
+  def device_grads(params, frozen, batch, count, acc, k):
+    return _accumulate(params, frozen, batch, jax.lax.psum(count, "data"), acc, cfg, k)
 
   def device_update(state, acc):
     value, grads, metrics = acc
@@ -201,7 +200,7 @@ def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, dev
   pgrads = jax.pmap(device_grads, axis_name="data", static_broadcasted_argnums=(5,), donate_argnums=(4,),
                     devices=devices)
   pupdate = jax.pmap(device_update, axis_name="data", donate_argnums=(0,), devices=devices)
-  pzeros = jax.pmap(_zero_grads, devices=devices)
+  pzeros = jax.pmap(lambda p, f, b, k: _zeros(p, f, b, cfg, k), static_broadcasted_argnums=(3,), devices=devices)
   seen: dict = {}
 
   def step(state, frozen, batch):
@@ -209,15 +208,12 @@ def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, dev
     _check_rows(rows, n, cfg, per_call)
     k, = agree_max(_targets_bound(batch, cfg, seen))
     split = lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:])
-    counts = split(np.asarray(batch["norm_counts_B"]))
+    # each device's share of the divisor (a fixed shape whatever the rows); psum'd in the gradient call
+    count = np.asarray(batch["norm_counts_B"], np.float64).reshape(n, -1).sum(1).astype(np.float32)
     calls = [jax.tree.map(split, c) for c in _calls(batch, per_call)]
-    one = lambda t: jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape[1:], x.dtype), t)
-    shapes = jax.eval_shape(lambda *a: _grads(*a, cfg, k)[2], one(state["params"]), one(frozen), one(calls[0]),
-                            jnp.ones(()))
-    metrics0 = jax.tree.map(lambda x: np.broadcast_to(x, (n, *x.shape)), _metric_zeros(shapes))
-    acc = (np.zeros((n,), np.float32), pzeros(state["params"]), metrics0)
+    acc = pzeros(state["params"], frozen, calls[0], k)
     for c in calls:
-      acc = pgrads(state["params"], frozen, c, counts, acc, k)
+      acc = pgrads(state["params"], frozen, c, count, acc, k)
     return pupdate(state, acc)
 
   return step
@@ -297,16 +293,15 @@ def make_sharded_step(optimizer: optax.GradientTransformation, cfg: StepConfig, 
                                out_shardings=(replicated, grad_shardings, replicated))
       cache["update"] = jax.jit(functools.partial(update_fn, param_shardings=shardings["params"]),
                                 donate_argnums=(0,), out_shardings=(shardings, replicated))
-      cache["zeros"] = jax.jit(_zero_grads, out_shardings=grad_shardings)
-    calls = _calls(batch, per_call)
-    counts = place(batch["norm_counts_B"])
-    shapes = jax.eval_shape(lambda *a: _grads(*a, cfg, k, constrain)[2], state["params"], frozen,
-                            jax.tree.map(lambda x: jax.ShapeDtypeStruct((x.shape[0] * jax.process_count(),
-                                                                         *x.shape[1:]), x.dtype), calls[0]),
-                            jnp.ones(()))
-    acc = (jnp.zeros((), jnp.float32), cache["zeros"](state["params"]), _metric_zeros(shapes))
+      cache["zeros"] = jax.jit(lambda p, f, b, k: _zeros(p, f, b, cfg, k, constrain), static_argnums=(3,),
+                               out_shardings=(replicated, grad_shardings, replicated))
+    calls = [{n: place(x) for n, x in c.items()} for c in _calls(batch, per_call)]
+    # each device's share of the divisor: a fixed shape whatever the rows; summed in the gradient call
+    count = place(np.asarray(batch["norm_counts_B"], np.float64).reshape(local_devices, -1).sum(1)
+                  .astype(np.float32))
+    acc = cache["zeros"](state["params"], frozen, calls[0], k)
     for c in calls:
-      acc = cache["grads"](state["params"], frozen, {n: place(x) for n, x in c.items()}, counts, acc, k)
+      acc = cache["grads"](state["params"], frozen, c, count, acc, k)
     return cache["update"](state, acc)
 
   return step
