@@ -1,14 +1,14 @@
 """Step time of the quickstart loop against a peer tree (e.g. a worktree of an older commit), same machine, one
 after the other:
 
-  git worktree add /tmp/before 559d7ac   # once
-  python bench/loop.py --peer /tmp/before --steps 3
+  git worktree add /tmp/peer fc403fa   # once: the tree before packing and the turn stop
+  python bench/loop.py --peer /tmp/peer --steps 3
 
 Runs `launch/train.py --config configs/quickstart.py` for --steps steps in the peer tree, then in this tree, and
 prints, for each, the first step's time and the steady-state step time (the mean of steps 2..N), each as rollout
 (sampling + judge) + train seconds from metrics.jsonl, and the ratios this/peer. Issue 16's targets: steady state
 at most 0.5 x the peer's, the first step at most 120 s. The runs share the machine with whatever else runs on it:
-read the ratios, not the seconds.
+read the ratios, not the seconds. The 1-minute load average is printed before and after each run.
 """
 from __future__ import annotations
 
@@ -28,8 +28,10 @@ def run(tree: str, workdir: str, steps: int, overrides: list[str]) -> tuple[list
          *overrides]
   env = dict(os.environ, PYTHONPATH=tree)
   t0 = time.time()
+  print(f"{tree}: load average before {os.getloadavg()[0]:.1f}", flush=True)
   with open(workdir + ".log", "w") as log:
     subprocess.run(cmd, cwd=tree, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+  print(f"{tree}: load average after {os.getloadavg()[0]:.1f}", flush=True)
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f if line.strip()], time.time() - t0
 
@@ -44,9 +46,10 @@ def summary(name: str, metrics: list[dict], wall: float) -> tuple[float, float]:
   steady = sum(rest) / len(rest) if rest else float("nan")
   cut = [m.get("negotiation/truncated_turn_fraction") for m in metrics]
   signal = sum(1 for m in metrics if (m.get("advantage/zero_advantage_frac") or 0) < 1)
+  programs = [int(m.get("compile/programs", -1)) for m in metrics]
   print(f"{name:<6} first step {first:7.1f} s | steady {steady:7.1f} s/step (steps 2..{len(metrics)}) | "
         f"wall {wall:6.0f} s | truncated-turn fraction per step {cut} | steps with a non-zero advantage "
-        f"{signal}/{len(metrics)}")
+        f"{signal}/{len(metrics)} | programs compiled per step {programs}")
   return first, steady
 
 

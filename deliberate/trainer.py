@@ -86,11 +86,15 @@ def skip_zero_advantage(rl: ml_collections.ConfigDict) -> bool:
 
 
 def step_batch(rows, adv: np.ndarray, *, pad_id: int, multiple: int, loss_cfg: loss_lib.LossConfig,
-               skip_zero: bool, add_reference=lambda b: b) -> dict[str, np.ndarray] | None:
-  """The prepared batch of a step's trained rows, bucketed to (B, T) agreed across hosts; None when no host has a
-  row to train. With `skip_zero`, rows of zero advantage are left out after the normaliser is computed over all of
-  them (rl/batch.py:select), so the update is the one the full batch gives."""
+               skip_zero: bool, add_reference=lambda b: b, pack_length: int = 0) -> dict[str, np.ndarray] | None:
+  """The prepared batch of a step's trained rows, bucketed to (B, T) agreed across hosts (or packed into sequences
+  of `pack_length`: rl/loss.py:packed_batch); None when no host has a row to train. With `skip_zero`, rows of zero
+  advantage are left out after the normaliser is computed over all of them (rl/batch.py:select), so the update is
+  the one the full batch gives."""
   trained = [r for r in rows if r.trained]
+  if pack_length:
+    return loss_lib.packed_batch(trained, adv, loss_cfg, length=pack_length, pad_id=pad_id, multiple=multiple,
+                                 skip_zero=skip_zero, add_reference=add_reference)
   if not skip_zero:
     if not agree_max(len(trained))[0]:
       return None
@@ -200,7 +204,8 @@ class Trainer:
     shards = self.num_shards // jax.process_count()  # this host's shards of the step
     return step_batch(rollout.rows, adv, pad_id=self.model_config.pad_id,
                       multiple=shards * self.config.rl.micro_batches, loss_cfg=self.step_config.loss,
-                      skip_zero=skip_zero_advantage(self.config.rl), add_reference=self.runner.add_reference)
+                      skip_zero=skip_zero_advantage(self.config.rl), add_reference=self.runner.add_reference,
+                      pack_length=self.config.rl.get("pack_length", 0))
 
   def train_one_step(self) -> dict[str, float]:
     c = self.config
@@ -233,7 +238,8 @@ class Trainer:
     t1 = time.time()
     batch = self._batch(rollout, adv)
     if batch is not None:
-      progress(f"training on {int((batch['loss_weights_B'] > 0).sum())} rows "
+      n_rows = int((batch["row_starts_BxT"] if "row_starts_BxT" in batch else batch["loss_weights_B"] > 0).sum())
+      progress(f"training on {n_rows} rows "
                f"({int(batch['loss_mask_BxT'].sum())} target tokens; {len(rollout.rows)} rows in the rollout)")
       if c.offpolicy_overlap:  # samples the pre-update weights while the update runs; its ratio is clipped
         self._next = BackgroundRollout(self.engine, self.runner.sampling_params(), self.task.rollout,

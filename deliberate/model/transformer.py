@@ -165,9 +165,13 @@ def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
   return (normed * weight.astype(jnp.float32)).astype(x.dtype)
 
 
-def _attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, q_pos_BxT, k_pos_BxS, config: ModelConfig) -> jax.Array:
+def _attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, q_pos_BxT, k_pos_BxS, config: ModelConfig,
+               segments_BxT: jax.Array | None = None) -> jax.Array:
   """Grouped-query attention as plain batched matmuls over (batch x kv-head): about 2x faster than a 5-D einsum
-  on CPU, forward and backward, because XLA then needs no transposes inside the matmuls."""
+  on CPU, forward and backward, because XLA then needs no transposes inside the matmuls.
+
+  `segments_BxT` (training on packed rows, no cache): a query sees only keys of its own segment, so rows packed
+  into one sequence do not attend to each other (their positions restart at 0, which keeps causality per row)."""
   b, t, h, d = q_BxTxHxD.shape
   s, kv = k_BxSxKxD.shape[1], config.n_kv_heads
   g = h // kv
@@ -176,6 +180,8 @@ def _attention(q_BxTxHxD, k_BxSxKxD, v_BxSxKxD, q_pos_BxT, k_pos_BxS, config: Mo
   v = v_BxSxKxD.transpose(0, 2, 1, 3).reshape(b * kv, s, d)
   scores = jnp.matmul(q, k, preferred_element_type=jnp.float32).reshape(b, kv, g, t, s) / math.sqrt(d)
   visible_BxTxS = (k_pos_BxS[:, None, :] >= 0) & (k_pos_BxS[:, None, :] <= q_pos_BxT[:, :, None])
+  if segments_BxT is not None:
+    visible_BxTxS = visible_BxTxS & (segments_BxT[:, None, :] == segments_BxT[:, :, None])
   scores = jnp.where(visible_BxTxS[:, None, None], scores, _NEG_INF)
   probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype).reshape(b * kv, g * t, s)
   out = jnp.matmul(probs, v).reshape(b, kv, g, t, d).transpose(0, 3, 1, 2, 4)
@@ -191,11 +197,15 @@ def _write_cache(cache_LxBxSxKxD, layer, new_BxTxKxD, slots_BxT):
 
 def forward_hidden(params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                    kv_cache: KVCache | None = None, *, config: ModelConfig, remat: bool = False,
-                   lora: Adapters | None = None) -> tuple[jax.Array, KVCache | None]:
+                   lora: Adapters | None = None, segments_BxT: jax.Array | None = None
+                   ) -> tuple[jax.Array, KVCache | None]:
   """Final-normed hidden states [B, T, D] and the updated cache. Training computes log-probs from these in chunks.
 
   `lora` adds adapters on their own path (see `dense`); the frozen base is read as stored, never merged or copied.
+  `segments_BxT`: packed rows (see `_attention`); training only, not with a cache.
   """
+  if segments_BxT is not None and kv_cache is not None:
+    raise ValueError("forward_hidden: segments_BxT (packed training rows) cannot be used with a KV cache")
   c = config
   cdt = jnp.dtype(c.compute_dtype)
   inv_freq = rope_inv_freq(c)
@@ -232,7 +242,7 @@ def forward_hidden(params: Params, tokens_BxT: jax.Array, positions_BxT: jax.Arr
       k_all, v_all = cache_k[idx], cache_v[idx]
     else:
       k_all, v_all = k, v
-    attn = _attention(q, k_all, v_all, positions_BxT, k_pos, c)
+    attn = _attention(q, k_all, v_all, positions_BxT, k_pos, c, segments_BxT)
     x = x + mm(attn, "wo")
     h = rms_norm(x, lp["mlp_norm"], c.rms_eps)
     x = x + mm(jax.nn.silu(mm(h, "w_gate")) * mm(h, "w_up"), "w_down")

@@ -6,6 +6,7 @@ import ml_collections
 FAILED_POLICIES = ("exclude", "zero")
 TRUNCATED_POLICIES = ("keep", "mask", "penalize")
 SCHEDULERS = ("lockstep", "async")
+TURN_STOPS = ("none", "paragraph", "newline")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -17,6 +18,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.turn_temperature = 0.7
   c.turn_top_p = 0.95
   c.max_turn_tokens = 128           # not disclosed: ours
+  c.turn_stop = "none"              # a turn also ends at a 'paragraph' break (a token holding "\n\n") or any
+                                    # 'newline'; the stop token stays in the sampled ids. Ours (issue 16)
   c.completion_temperature = 0.1
   c.completion_top_p = 0.95
   c.max_completion_tokens = 256     # not disclosed: ours
@@ -56,6 +59,8 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.negotiation") -
     raise ValueError(f"{prefix}.truncated_turns: {c.truncated_turns!r} is not one of {TRUNCATED_POLICIES}")
   if c.get("truncation_penalty", 0.0) < 0:
     raise ValueError(f"{prefix}.truncation_penalty: must be >= 0, got {c.truncation_penalty}")
+  if c.get("turn_stop", "none") not in TURN_STOPS:
+    raise ValueError(f"{prefix}.turn_stop: {c.turn_stop!r} is not one of {TURN_STOPS}")
   if c.failed_policy not in FAILED_POLICIES:
     raise ValueError(f"{prefix}.failed_policy: {c.failed_policy!r} is not 'exclude' or 'zero'")
   if c.scheduler_max_batch < 0 or c.scheduler_fill_wait_s < 0:

@@ -16,9 +16,9 @@ from __future__ import annotations
 from typing import Any, Mapping, Sequence
 
 from deliberate.negotiation import scheduler
-from deliberate.negotiation.dialogue import Dialogue, DialogueSteps, Turn, eval_items
+from deliberate.negotiation.dialogue import Dialogue, DialogueSteps, Turn, eval_items, turn_stop_ids
 
-__all__ = ["Dialogue", "Negotiator", "Turn", "eval_items"]
+__all__ = ["Dialogue", "Negotiator", "Turn", "eval_items", "turn_stop_ids"]
 
 
 class Negotiator(DialogueSteps):

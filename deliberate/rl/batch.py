@@ -5,6 +5,11 @@ A `Row` is one sampled response with the prompt it answered (token ids as sample
 sampling log-probs and the index of the sequence whose advantage it takes (a dialogue, or a single-agent answer).
 `collate` pads rows to a bucketed (B, T) so a run compiles a handful of programs; the loss mask marks the position
 of each target token, aligned with the sampling log-probs, and padding rows have an all-zero mask.
+
+`pack` lays the rows of a prepared padded batch end to end into S sequences of a fixed length L instead (segment
+ids keep attention within a row, positions restart per row), so a step pays for its tokens, not for the longest
+row's bucket, and its shape does not change from step to step. The per-row values the loss reads (advantage, loss
+weight) become per-token fields and each row's normaliser share moves to its sequence: the same loss and gradient.
 """
 from __future__ import annotations
 
@@ -43,9 +48,15 @@ DERIVED_FIELDS = {                           # written by rl/loss.py:prepare_bat
     "loss_weights_B": (np.float32, "B"),
     "norm_counts_B": (np.float32, "B"),
 }
+PACKED_FIELDS = {                            # written by `pack`: B is then packed sequences, not rows
+    "segments_BxT": (np.int32, "BT"),        # 1, 2, ... per row of a sequence; 0 marks padding
+    "advantages_BxT": (np.float32, "BT"),    # the row's advantage on each of its tokens
+    "loss_weights_BxT": (np.float32, "BT"),  # the row's loss weight on each of its tokens
+    "row_starts_BxT": (np.float32, "BT"),    # 1 on each row's first token (row counts and advantage metrics)
+}
 # What the compiled step reads; everything else stays on the host.
 GRAPH_FIELDS = ("tokens_BxT", "positions_BxT", "loss_mask_BxT", "old_logprobs_BxT", "advantages_B",
-                "loss_weights_B", "norm_counts_B", "ref_logprobs_BxT")
+                "loss_weights_B", "norm_counts_B", "ref_logprobs_BxT", *PACKED_FIELDS)
 
 
 def check(batch: Mapping[str, Any], optional: Sequence[str] = ()) -> dict[str, np.ndarray]:
@@ -138,4 +149,66 @@ def select(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, batch_size: 
   if "norm_counts_B" in out:
     out["norm_counts_B"][0] += np.float32(np.sum(batch["norm_counts_B"], dtype=np.float64)
                                           - np.sum(batch["norm_counts_B"][keep], dtype=np.float64))
+  return out
+
+
+def pack_plan(lengths: Sequence[int], length: int) -> list[list[int]]:
+  """First-fit decreasing: the indices of the rows each sequence of `length` tokens holds (longest rows first)."""
+  bins: list[list[int]] = []
+  room: list[int] = []
+  for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+    if lengths[i] > length:
+      raise ValueError(f"config.rl.pack_length={length}: a training row of {lengths[i]} tokens does not fit; raise it")
+    j = next((j for j, r in enumerate(room) if r >= lengths[i]), None)
+    if j is None:
+      bins.append([])
+      room.append(length)
+      j = len(bins) - 1
+    bins[j].append(i)
+    room[j] -= lengths[i]
+  return bins
+
+
+def pack(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, length: int, num_seqs: int | None = None,
+         multiple: int = 1, pad_id: int = 0) -> dict[str, np.ndarray]:
+  """The rows `keep` of a prepared padded batch (rl/loss.py:prepare_batch) packed into (S, length) sequences.
+
+  S is the packing's count rounded up to `multiple`, or `num_seqs` (at least that count; hosts agree on it).
+  `norm_counts_B` holds each sequence's rows' shares, and the shares of rows left out ride on sequence 0, so
+  sum(norm_counts_B), the loss's divisor, is the whole batch's (as in `select`).
+  """
+  keep = [int(i) for i in keep]
+  used = np.asarray(batch["positions_BxT"]) >= 0
+  lengths = [int(used[i].sum()) for i in keep]
+  plan = [[keep[j] for j in b] for b in pack_plan(lengths, length)]
+  s = -(-max(len(plan), 1) // multiple) * multiple
+  if num_seqs is not None:
+    if num_seqs < len(plan):
+      raise ValueError(f"pack: {len(plan)} sequences exceed the step's {num_seqs}")
+    s = num_seqs
+  bt = (s, length)
+  out = {"tokens_BxT": np.full(bt, pad_id, np.int32), "positions_BxT": np.full(bt, -1, np.int32),
+         "loss_mask_BxT": np.zeros(bt, np.float32), "old_logprobs_BxT": np.zeros(bt, np.float32),
+         **{k: np.zeros(bt, dt) for k, (dt, _) in PACKED_FIELDS.items()},
+         "norm_counts_B": np.zeros((s,), np.float32)}
+  per_token = {"tokens_BxT": "tokens_BxT", "positions_BxT": "positions_BxT", "loss_mask_BxT": "loss_mask_BxT",
+               "old_logprobs_BxT": "old_logprobs_BxT"}
+  if "ref_logprobs_BxT" in batch:
+    out["ref_logprobs_BxT"] = np.zeros(bt, np.float32)
+    per_token["ref_logprobs_BxT"] = "ref_logprobs_BxT"
+  counts = np.asarray(batch["norm_counts_B"], np.float64)
+  for b, rows in enumerate(plan):
+    at = 0
+    for seg, i in enumerate(rows, start=1):
+      n = int(used[i].sum())
+      sl = slice(at, at + n)
+      for dst, src in per_token.items():
+        out[dst][b, sl] = np.asarray(batch[src])[i, :n]
+      out["segments_BxT"][b, sl] = seg
+      out["advantages_BxT"][b, sl] = batch["advantages_B"][i]
+      out["loss_weights_BxT"][b, sl] = batch["loss_weights_B"][i]
+      out["row_starts_BxT"][b, at] = 1.0
+      at += n
+    out["norm_counts_B"][b] = np.float32(counts[rows].sum())
+  out["norm_counts_B"][0] += np.float32(counts.sum() - counts[keep].sum())
   return out

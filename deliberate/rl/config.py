@@ -36,6 +36,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.skip_zero_advantage = True     # beta 0: rows of advantage 0 are not computed (the normaliser keeps their
                                    # tokens, so the update is unchanged); a step with none makes no AdamW update
                                    # (moments neither decayed nor applied, count not advanced). False: step anyway
+  c.pack_length = 0                # > 0: rows are packed into sequences of this many tokens (segment ids keep
+                                   # attention within a row): fixed train shapes, no bucket padding. 0: each row
+                                   # padded to the batch's length bucket
   c.lora_dtype = "float32"         # the adapter path's dtype; bfloat16 loses small updates, as a merge into bf16 does
   c.sampling_row_axes = "data"     # sharded: mesh axes the sampler splits rollout rows over (the others hold
                                    # weight and KV-cache shards); the sampler uses the step's params as sharded
@@ -58,7 +61,8 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.rl") -> None:
     raise ValueError(f"{prefix}.norm_mode: {c.norm_mode!r} is not one of {NORM_MODES}")
   if c.norm_mode == "constant" and c.norm_constant <= 0:
     raise ValueError(f"{prefix}.norm_constant: must be > 0 in 'constant' mode")
-  for f in ("clip_eps_low", "clip_eps_high", "beta", "lora_rank", "token_chunk", "mesh_data", "mesh_fsdp"):
+  for f in ("clip_eps_low", "clip_eps_high", "beta", "lora_rank", "token_chunk", "mesh_data", "mesh_fsdp",
+            "pack_length"):
     if c[f] < 0:
       raise ValueError(f"{prefix}.{f}: must be >= 0, got {c[f]}")
   for f in ("micro_batches",):

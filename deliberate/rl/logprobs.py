@@ -93,8 +93,8 @@ head_logprobs.defvjp(_head_fwd, _head_bwd)
 def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_BxT: jax.Array,
                    loss_mask_BxT: jax.Array, *, config: ModelConfig, targets_per_row: int | None = None,
                    token_chunk: int | None = None, recompute: bool = True, remat: bool = False,
-                   temperature: float = 1.0, lora: transformer.Adapters | None = None
-                   ) -> tuple[jax.Array, jax.Array]:
+                   temperature: float = 1.0, lora: transformer.Adapters | None = None,
+                   segments_BxT: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
   """Log-probs and entropies [B, T] (float32, 0 off the mask) of the masked target tokens.
 
   Args:
@@ -106,9 +106,10 @@ def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_
     remat: rematerialise each decoder layer in the backward pass (memory for compute).
     temperature: the sampling temperature, so that on-policy importance ratios are exactly 1.
     lora: adapters on their own path over the frozen `params` (differentiable; the base is not).
+    segments_BxT: packed rows (rl/batch.py:pack): attention stays within a segment.
   """
   hidden_BxTxD, _ = transformer.forward_hidden(params, tokens_BxT, positions_BxT, config=config, remat=remat,
-                                               lora=lora)
+                                               lora=lora, segments_BxT=segments_BxT)
   b, t = tokens_BxT.shape
   k = t - 1 if targets_per_row is None else min(targets_per_row, t - 1)
   chunk = min(token_chunk or k, k)

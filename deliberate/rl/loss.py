@@ -13,12 +13,13 @@ Metrics are (sum, count), min and max trees, reduced the same way (`reduce_metri
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from deliberate.mesh import agree_max
 from deliberate.rl import batch as batch_lib
 from deliberate.rl.config import NORM_MODES, OLD_LOGPROBS
 
@@ -82,12 +83,38 @@ def prepare_batch(batch: Mapping[str, Any], cfg: LossConfig) -> dict[str, np.nda
   return out
 
 
+def packed_batch(trained: Sequence[batch_lib.Row], adv: np.ndarray, cfg: LossConfig, *, length: int, pad_id: int,
+                 multiple: int, skip_zero: bool, add_reference=lambda b: b) -> dict[str, np.ndarray] | None:
+  """A step's trained rows prepared over the whole batch (normaliser, weights), then packed into (S, length)
+  sequences, S agreed across hosts; with `skip_zero` only rows of non-zero advantage are packed. None when no host
+  has a row to pack."""
+  full = prepare_batch(add_reference(batch_lib.collate(trained, adv, pad_id=pad_id)), cfg) if trained else None
+  keep = (np.zeros(0, np.int64) if full is None else
+          np.flatnonzero(full["advantages_B"] != 0) if skip_zero else np.arange(len(trained)))
+  if not agree_max(len(keep))[0]:
+    return None
+  used = full["positions_BxT"] >= 0 if full is not None else None
+  n = len(batch_lib.pack_plan([int(used[i].sum()) for i in keep], length)) if len(keep) else 1
+  s, = agree_max(-(-n // multiple) * multiple)
+  if full is None:  # this host has nothing, another has: padding sequences
+    full = prepare_batch(batch_lib.collate([], adv, pad_id=pad_id, length=1, batch=1), cfg)
+  return batch_lib.pack(full, keep, length=length, num_seqs=s, pad_id=pad_id)
+
+
+def _per_row(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
+  """(advantage, loss weight, row-start marker), broadcastable to [B, T]: per row for padded batches, per token for
+  packed ones (rl/batch.py:pack), where each row's first token marks it for the row metrics."""
+  if "advantages_BxT" in batch:
+    return batch["advantages_BxT"], batch["loss_weights_BxT"], batch["row_starts_BxT"]
+  return batch["advantages_B"][:, None], batch["loss_weights_B"][:, None], jnp.ones_like(batch["advantages_B"])[:, None]
+
+
 def policy_loss(logprobs_BxT: jax.Array, entropy_BxT: jax.Array, batch: Mapping[str, jax.Array],
                 cfg: LossConfig) -> tuple[jax.Array, Metrics]:
-  """The weighted loss *sum* of this shard (divide by the global count) and its metrics."""
+  """The weighted loss *sum* of this shard (divide by the global count) and its metrics; padded or packed."""
   mask = batch["loss_mask_BxT"] > 0
   maskf = mask.astype(jnp.float32)
-  adv_Bx1 = batch["advantages_B"][:, None]
+  adv, weights, starts = _per_row(batch)
   # The sampler's numerics against this forward's (bf16 decode against a cache vs the whole row at once): logged
   # either way; under 'recompute' it does not enter the ratio.
   sampler_gap = jnp.where(mask, logprobs_BxT - batch["old_logprobs_BxT"], 0.0)
@@ -95,7 +122,7 @@ def policy_loss(logprobs_BxT: jax.Array, entropy_BxT: jax.Array, batch: Mapping[
   log_ratio = jnp.where(mask, logprobs_BxT - old, 0.0)
   ratio = jnp.exp(log_ratio)
   lo, hi = 1.0 - cfg.clip_eps_low, 1.0 + cfg.clip_eps_high
-  surrogate = jnp.minimum(ratio * adv_Bx1, jnp.clip(ratio, lo, hi) * adv_Bx1)
+  surrogate = jnp.minimum(ratio * adv, jnp.clip(ratio, lo, hi) * adv)
   per_token = -surrogate
   if cfg.beta > 0:
     d = jnp.where(mask, batch["ref_logprobs_BxT"] - logprobs_BxT, 0.0)
@@ -103,27 +130,28 @@ def policy_loss(logprobs_BxT: jax.Array, entropy_BxT: jax.Array, batch: Mapping[
     per_token = per_token + cfg.beta * kl
   else:
     kl = jnp.zeros_like(per_token)
-  w_BxT = maskf * batch["loss_weights_B"][:, None]
+  w_BxT = maskf * weights
   loss_sum = jnp.sum(w_BxT * per_token)
 
   tok = jnp.sum(maskf)
   token_sum = lambda x: jnp.sum(jnp.where(mask, x, 0.0))
-  rows = (batch["loss_weights_B"] > 0).astype(jnp.float32)
+  rows = starts * (weights > 0).astype(jnp.float32)
+  row_adv = jnp.broadcast_to(adv, rows.shape)
   metrics = {
       "sum": {"loss": loss_sum, "pg_loss": jnp.sum(w_BxT * -surrogate), "kl": token_sum(kl),
               "entropy": token_sum(entropy_BxT), "ratio": token_sum(ratio),
-              "clip_low_frac": token_sum(((ratio < lo) & (adv_Bx1 < 0)).astype(jnp.float32)),
-              "clip_high_frac": token_sum(((ratio > hi) & (adv_Bx1 > 0)).astype(jnp.float32)),
-              "advantage": jnp.sum(rows * batch["advantages_B"]), "tokens": tok,
+              "clip_low_frac": token_sum(((ratio < lo) & (adv < 0)).astype(jnp.float32)),
+              "clip_high_frac": token_sum(((ratio > hi) & (adv > 0)).astype(jnp.float32)),
+              "advantage": jnp.sum(rows * row_adv), "tokens": tok,
               "rows": jnp.sum(rows), "sampler_log_ratio": jnp.sum(jax.lax.stop_gradient(sampler_gap))},
       "count": {"loss": jnp.sum(batch["norm_counts_B"]), "pg_loss": jnp.sum(batch["norm_counts_B"]), "kl": tok,
                 "entropy": tok, "ratio": tok, "clip_low_frac": tok, "clip_high_frac": tok,
                 "advantage": jnp.sum(rows), "tokens": jnp.ones(()), "rows": jnp.ones(()),
                 "sampler_log_ratio": tok},
       "min": {"ratio": jnp.min(jnp.where(mask, ratio, jnp.inf)),
-              "advantage": jnp.min(jnp.where(rows > 0, batch["advantages_B"], jnp.inf))},
+              "advantage": jnp.min(jnp.where(rows > 0, row_adv, jnp.inf))},
       "max": {"ratio": jnp.max(jnp.where(mask, ratio, -jnp.inf)),
-              "advantage": jnp.max(jnp.where(rows > 0, batch["advantages_B"], -jnp.inf)),
+              "advantage": jnp.max(jnp.where(rows > 0, row_adv, -jnp.inf)),
               "sampler_log_ratio_abs": jnp.max(jnp.where(mask, jnp.abs(jax.lax.stop_gradient(sampler_gap)),
                                                          -jnp.inf))},
   }

@@ -6,6 +6,10 @@ gradient leaves params and optimizer state untouched and reports `skipped` = 1.
 
 state = {"params": trainable params, "opt_state": ...}; `frozen` is the base model under LoRA, else None.
 Micro-batch m holds rows m, m+M, m+2M, ... of each shard, so every micro-batch keeps the batch sharding.
+
+A step is three compiled programs: zero accumulators, accumulate the gradient of `rows_per_call` rows (called once
+per slice of the batch), apply the update. With a fixed call shape (packed batches, rl/batch.py:pack), the number
+of rows a step trains changes the number of calls, never the programs.
 """
 from __future__ import annotations
 
@@ -40,6 +44,8 @@ class StepConfig:
   recompute: bool = True               # recompute output-layer logits in the backward pass
   temperature: float = 1.0             # sampling temperature of the trained tokens (log-probs of logits / T)
   targets_multiple: int = 16           # rounding of the static targets-per-row bound
+  rows_per_call: int = 0               # rows (per host) of one gradient call; 0: the whole batch (a packed batch:
+                                       # one sequence per shard and micro-batch), see `_call_rows`
 
 
 def init_state(params: dict[str, Any], optimizer: optax.GradientTransformation, cfg: StepConfig,
@@ -58,7 +64,7 @@ def _loss(trainable, frozen, batch, denom, cfg: StepConfig, k: int):
   lp, ent = logprobs.token_logprobs(
       params, batch["tokens_BxT"], batch["positions_BxT"], batch["loss_mask_BxT"], config=cfg.model,
       targets_per_row=k, token_chunk=cfg.token_chunk, recompute=cfg.recompute, remat=cfg.remat,
-      temperature=cfg.temperature, lora=adapters)
+      temperature=cfg.temperature, lora=adapters, segments_BxT=batch.get("segments_BxT"))
   loss_sum, metrics = loss_lib.policy_loss(lp, ent, batch, cfg.loss)
   return loss_sum / denom, metrics
 
@@ -98,10 +104,56 @@ def _update(state: State, grads, value, optimizer: optax.GradientTransformation)
   return new_state, {"skipped": 1.0 - finite.astype(jnp.float32), "grad_norm": optax.tree.norm(grads)}
 
 
-def _check_rows(rows: int, shards: int, cfg: StepConfig) -> None:
+def _check_rows(rows: int, shards: int, cfg: StepConfig, per_call: int) -> None:
   if rows % (shards * cfg.num_micro_batches):
     raise ValueError(f"training batch: {rows} rows do not split into {shards} shards x "
                      f"{cfg.num_micro_batches} micro-batches")
+  if rows % per_call or per_call % (shards * cfg.num_micro_batches):
+    raise ValueError(f"StepConfig.rows_per_call={per_call}: must divide the batch's {rows} rows and be a "
+                     f"multiple of {shards} shards x {cfg.num_micro_batches} micro-batches")
+
+
+def _call_rows(batch: Mapping[str, np.ndarray], cfg: StepConfig, shards: int) -> int:
+  """Rows of one gradient call: `rows_per_call`, else one sequence per shard and micro-batch for a packed batch
+  (its fixed shape then needs one program), else the whole batch."""
+  if cfg.rows_per_call:
+    return cfg.rows_per_call
+  return shards * cfg.num_micro_batches if "segments_BxT" in batch else batch["tokens_BxT"].shape[0]
+
+
+def _calls(batch: Mapping[str, np.ndarray], r: int) -> list[dict[str, np.ndarray]]:
+  """The batch's graph fields in slices of r rows."""
+  g = graph_batch(batch)
+  rows = g["tokens_BxT"].shape[0]
+  return [{n: np.asarray(x)[i:i + r] for n, x in g.items()} for i in range(0, rows, r)]
+
+
+def _targets_bound(batch: Mapping[str, np.ndarray], cfg: StepConfig, seen: dict) -> int:
+  """The static targets-per-row bound K. Packed batches (fixed T) round it up to a power-of-two multiple and never
+  lower it within a run, so steps after the first few reuse their programs."""
+  k = logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple)
+  if "segments_BxT" in batch:
+    t = batch["tokens_BxT"].shape[1]
+    k = min(t - 1, cfg.targets_multiple * (1 << max(0, math.ceil(math.log2(k / cfg.targets_multiple)))))
+    k = seen["k"] = max(k, seen.get("k", 0))
+  return k
+
+
+def _accumulate(trainable, frozen, batch, denom, acc, cfg: StepConfig, k: int, constrain: Callable = lambda x: x):
+  """acc = (value, float32 grads, metrics) plus this call's share."""
+  value, grads, metrics = _grads(trainable, frozen, batch, denom, cfg, k, constrain)
+  v0, g0, m0 = acc
+  return (v0 + value, jax.tree.map(lambda a, b: a + b.astype(jnp.float32), g0, grads),
+          loss_lib.combine_metrics(m0, metrics))
+
+
+def _zeros(trainable, frozen, batch, cfg: StepConfig, k: int, constrain: Callable = lambda x: x):
+  """The accumulator (value, float32 grads, metrics) at zero, made on the devices: every gradient call of a step
+  then sees inputs of one kind and reuses one program."""
+  shapes = jax.eval_shape(lambda: _grads(trainable, frozen, batch, jnp.ones(()), cfg, k, constrain)[2])
+  fill = {"sum": 0.0, "count": 0.0, "min": jnp.inf, "max": -jnp.inf}
+  metrics = {g: jax.tree.map(lambda s, v=fill[g]: jnp.full(s.shape, v, s.dtype), t) for g, t in shapes.items()}
+  return jnp.zeros((), jnp.float32), jax.tree.map(lambda p: jnp.zeros(p.shape, jnp.float32), trainable), metrics
 
 
 # ----------------------------------------------------------------------------------------------- pmap (replicated)
@@ -136,23 +188,33 @@ def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, dev
   devices = devices or (jax.local_devices() if jax.process_count() == 1 else None)
   n = len(devices) if devices else jax.local_device_count()
 
-  def device_step(state, frozen, batch, k):
-    denom = jax.lax.psum(jnp.sum(batch["norm_counts_B"]), "data")
-    value, grads, metrics = _grads(state["params"], frozen, batch, denom, cfg, k)
-    grads = jax.lax.psum(grads, "data")
-    value = jax.lax.psum(value, "data")
-    state, extra = _update(state, grads, value, optimizer)
+  def device_grads(params, frozen, batch, count, acc, k):
+    return _accumulate(params, frozen, batch, jax.lax.psum(count, "data"), acc, cfg, k)
+
+  def device_update(state, acc):
+    value, grads, metrics = acc
+    grads = jax.tree.map(lambda g, p: jax.lax.psum(g, "data").astype(p.dtype), grads, state["params"])
+    state, extra = _update(state, grads, jax.lax.psum(value, "data"), optimizer)
     return state, {**loss_lib.reduce_metrics(metrics, "data"), "value": extra}
 
-  pstep = jax.pmap(device_step, axis_name="data", static_broadcasted_argnums=(3,), donate_argnums=(0,),
-                   devices=devices)
+  pgrads = jax.pmap(device_grads, axis_name="data", static_broadcasted_argnums=(5,), donate_argnums=(4,),
+                    devices=devices)
+  pupdate = jax.pmap(device_update, axis_name="data", donate_argnums=(0,), devices=devices)
+  pzeros = jax.pmap(lambda p, f, b, k: _zeros(p, f, b, cfg, k), static_broadcasted_argnums=(3,), devices=devices)
+  seen: dict = {}
 
   def step(state, frozen, batch):
-    rows = batch["tokens_BxT"].shape[0]
-    _check_rows(rows, n, cfg)
-    k, = agree_max(logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple))
-    local = jax.tree.map(lambda x: np.asarray(x).reshape(n, rows // n, *x.shape[1:]), graph_batch(batch))
-    return pstep(state, frozen, local, k)
+    rows, per_call = batch["tokens_BxT"].shape[0], _call_rows(batch, cfg, n)
+    _check_rows(rows, n, cfg, per_call)
+    k, = agree_max(_targets_bound(batch, cfg, seen))
+    split = lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:])
+    # each device's share of the divisor (a fixed shape whatever the rows); psum'd in the gradient call
+    count = np.asarray(batch["norm_counts_B"], np.float64).reshape(n, -1).sum(1).astype(np.float32)
+    calls = [jax.tree.map(split, c) for c in _calls(batch, per_call)]
+    acc = pzeros(state["params"], frozen, calls[0], k)
+    for c in calls:
+      acc = pgrads(state["params"], frozen, c, count, acc, k)
+    return pupdate(state, acc)
 
   return step
 
@@ -200,29 +262,46 @@ def make_sharded_step(optimizer: optax.GradientTransformation, cfg: StepConfig, 
   micro_sharding = NamedSharding(mesh, P(None, BATCH_AXES))
   constrain = lambda x: jax.lax.with_sharding_constraint(x, micro_sharding)
 
-  def step_fn(state, frozen, batch, k, param_shardings):
-    denom = jnp.sum(batch["norm_counts_B"])
-    value, grads, metrics = _grads(state["params"], frozen, batch, denom, cfg, k, constrain)
+  def grads_fn(params, frozen, batch, counts, acc, k):
+    return _accumulate(params, frozen, batch, jnp.sum(counts), acc, cfg, k, constrain)
+
+  def update_fn(state, acc, param_shardings):
+    value, grads, metrics = acc
+    grads = jax.tree.map(lambda g, p: g.astype(p.dtype), grads, state["params"])
     grads = jax.lax.with_sharding_constraint(grads, param_shardings)
     state, extra = _update(state, grads, value, optimizer)
     return state, {**metrics, "value": extra}
 
-  cache = {}
-
+  cache: dict = {}
   local_devices = sum(d.process_index == jax.process_index() for d in mesh.devices.flat)
+  replicated = NamedSharding(mesh, P())
+
+  def place(x):
+    x = np.asarray(x)
+    return (jax.device_put(x, rows_sharding) if jax.process_count() == 1 else
+            jax.make_array_from_process_local_data(rows_sharding, x))
 
   def step(state, frozen, batch):
     rows = batch["tokens_BxT"].shape[0]  # this host's rows: the whole batch on one host
-    _check_rows(rows, local_devices, cfg)
-    k, = agree_max(logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple))
-    if "fn" not in cache:
+    per_call = _call_rows(batch, cfg, local_devices)
+    _check_rows(rows, local_devices, cfg, per_call)
+    k, = agree_max(_targets_bound(batch, cfg, cache))
+    if "update" not in cache:
       shardings = jax.tree.map(lambda x: x.sharding, state)
-      fn = functools.partial(step_fn, param_shardings=shardings["params"])
-      cache["fn"] = jax.jit(fn, static_argnums=(3,), donate_argnums=(0,),
-                            out_shardings=(shardings, NamedSharding(mesh, P())))
-    placed = (jax.device_put(graph_batch(batch), rows_sharding) if jax.process_count() == 1 else
-              {n: jax.make_array_from_process_local_data(rows_sharding, np.asarray(x))
-               for n, x in graph_batch(batch).items()})
-    return cache["fn"](state, frozen, placed, k)
+      grad_shardings = shardings["params"]
+      cache["grads"] = jax.jit(grads_fn, static_argnums=(5,), donate_argnums=(4,),
+                               out_shardings=(replicated, grad_shardings, replicated))
+      cache["update"] = jax.jit(functools.partial(update_fn, param_shardings=shardings["params"]),
+                                donate_argnums=(0,), out_shardings=(shardings, replicated))
+      cache["zeros"] = jax.jit(lambda p, f, b, k: _zeros(p, f, b, cfg, k, constrain), static_argnums=(3,),
+                               out_shardings=(replicated, grad_shardings, replicated))
+    calls = [{n: place(x) for n, x in c.items()} for c in _calls(batch, per_call)]
+    # each device's share of the divisor: a fixed shape whatever the rows; summed in the gradient call
+    count = place(np.asarray(batch["norm_counts_B"], np.float64).reshape(local_devices, -1).sum(1)
+                  .astype(np.float32))
+    acc = cache["zeros"](state["params"], frozen, calls[0], k)
+    for c in calls:
+      acc = cache["grads"](state["params"], frozen, c, count, acc, k)
+    return cache["update"](state, acc)
 
   return step

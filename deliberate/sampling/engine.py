@@ -175,8 +175,11 @@ class SamplingEngine:
     slot = 2 * c.n_layers * c.n_kv_heads * c.head_dim * jnp.dtype(c.compute_dtype).itemsize
     return b * (p + max(sp.max_new_tokens - 1, 1)) * slot
 
-  def generate(self, requests: Sequence[Request], sp: SamplingParams, seed: int) -> list[Completion]:
-    """Sample one completion per request. Only the requests given are computed: callers pass active ones."""
+  def generate(self, requests: Sequence[Request], sp: SamplingParams, seed: int,
+               stop_ids: Sequence[int] = ()) -> list[Completion]:
+    """Sample one completion per request. Only the requests given are computed: callers pass active ones.
+    `stop_ids`: more ids that end a row for this call (e.g. a negotiation turn's paragraph break); the sampled ids,
+    the stop id included, are returned as drawn."""
     if not requests:
       return []
     if not 0 <= seed < 2**32:
@@ -206,7 +209,9 @@ class SamplingEngine:
     active_B = np.arange(b) < n_rows
     fn = self._programs.setdefault(sp, jitted_sample(self.config, sp, self._cache_sharding()))
     self.compiled_shapes.add((sp, u, p, b))
-    args = (prompts_UxP, lens_U, src_B, row_ids_B, active_B, np.uint32(seed), self.stop_ids)
+    stops = (self.stop_ids if not stop_ids else
+             jnp.asarray(sorted(set(np.asarray(self.stop_ids).tolist()) | set(int(i) for i in stop_ids)), jnp.int32))
+    args = (prompts_UxP, lens_U, src_B, row_ids_B, active_B, np.uint32(seed), stops)
     if self.mesh is not None:
       rep, row = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(self.row_axes))
       args = jax.device_put(args, (rep, rep, row, row, row, rep, rep))
