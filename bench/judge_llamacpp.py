@@ -75,10 +75,11 @@ def judge_kwargs(records: list[dict]) -> tuple[list[dict], list[dict]]:
     if d is None or p is None:
       raise SystemExit(f"record {r.get('step')}/{r.get('index')}: unknown dilemma_id {r['dilemma_id']!r} or "
                        f"pair_id {r['pair_id']!r}")
+    a, b = (p["b"], p["a"]) if r.get("agent1") == p["b"]["id"] else (p["a"], p["b"])  # roles swapped by the stream
     turns = [{"agent": t["agent"], "text": t["text"]} for t in r["turns"]]
-    agreement.append(dict(dilemma=d, persona_a=p["a"], persona_b=p["b"], turns=turns))
+    agreement.append(dict(dilemma=d, persona_a=a, persona_b=b, turns=turns))
     last1 = [t["text"] for t in turns if t["agent"] == 1][-1:] or [turns[-1]["text"]]
-    ca.append(dict(dilemma=d, persona_a=p["a"], persona_b=p["b"], completion=r.get("completion") or last1[0]))
+    ca.append(dict(dilemma=d, persona_a=a, persona_b=b, completion=r.get("completion") or last1[0]))
   return agreement, ca
 
 
