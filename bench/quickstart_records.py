@@ -53,19 +53,18 @@ def main() -> None:
   prompts = [data.prompt_at(i) for i in range(math.ceil(args.n / g))]
   print(f"model loaded in {time.perf_counter() - t0:.0f}s; {len(prompts)} prompts x group size {g}", file=sys.stderr)
   out = []
-  with SyncJudge(c.judge) as judge:
+  with SyncJudge(c.judge) as judge, open(args.out, "w") as f:  # written per batch: a killed run keeps its records
     negotiator = episode.Negotiator(engine, tok, judge, c.negotiation)
     name = records.judge_name(judge)
     per_call = args.batch // g
     for b, start in enumerate(range(0, len(prompts), per_call)):
       t1 = time.perf_counter()
       dialogues = negotiator.run(prompts[start:start + per_call], args.seed + b)
-      out += [records.dialogue_record(d, step=0, judge=name) for d in dialogues]
+      batch = [records.dialogue_record(d, step=0, judge=name) for d in dialogues][:args.n - len(out)]
+      f.writelines(json.dumps(r) + "\n" for r in batch)
+      f.flush()
+      out += batch
       print(f"  batch {b + 1}: {len(dialogues)} dialogues in {time.perf_counter() - t1:.0f}s", file=sys.stderr)
-  out = out[:args.n]
-  with open(args.out, "w") as f:
-    for r in out:
-      f.write(json.dumps(r) + "\n")
   agreed = sum(bool(r["agreed"]) for r in out)
   print(f"{len(out)} records -> {args.out} in {time.perf_counter() - t0:.0f}s wall (model {c.model.name}, "
         f"max_turns {c.negotiation.max_turns}, max_turn_tokens {c.negotiation.max_turn_tokens}); agreed by the "
