@@ -128,14 +128,29 @@ def start_llamacpp(model_path: str, n_ctx: int) -> tuple[subprocess.Popen, str]:
   for _ in range(600):
     try:
       if httpx.get(f"{url}/models", timeout=1).status_code == 200:
-        return proc, url
+        break
     except httpx.TransportError:
       pass
     if proc.poll() is not None:
       raise SystemExit(f"llama.cpp server exited with code {proc.returncode}")
     time.sleep(0.5)
-  proc.terminate()
-  raise SystemExit("llama.cpp server did not answer /v1/models within 300 s")
+  else:
+    proc.terminate()
+    raise SystemExit("llama.cpp server did not answer /v1/models within 300 s")
+  # One chat request before the benchmark: a build whose kernels this CPU cannot run answers /v1/models and then
+  # dies on its first completion (SIGILL), which would otherwise read as 50 connection failures.
+  try:
+    httpx.post(f"{url}/chat/completions", json={"messages": [{"role": "user", "content": "Hi"}], "max_tokens": 1},
+               timeout=120).raise_for_status()
+  except httpx.HTTPError as e:
+    if proc.poll() is None:
+      try:
+        proc.wait(5)
+      except subprocess.TimeoutExpired:
+        proc.terminate()
+    raise SystemExit(f"llama.cpp server failed its first chat request ({type(e).__name__}: {e}); exit code "
+                     f"{proc.poll()} (-4 is SIGILL: rebuild with CMAKE_ARGS='-DGGML_NATIVE=OFF')") from None
+  return proc, url
 
 
 def main() -> None:
