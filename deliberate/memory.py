@@ -29,14 +29,11 @@ KNOWN = {
 
 def model_config(c):
   """The ModelConfig of a run config, from config.json when the checkpoint is here, else from KNOWN by name."""
-  from deliberate.model.config import ModelConfig
+  from deliberate.model.config import ModelConfig, tiny_config
   dtypes = dict(param_dtype=c.model.param_dtype, compute_dtype=c.model.compute_dtype)
   name = c.model.name
   if name == "tiny":
-    t = c.model.tiny
-    return ModelConfig(vocab_size=t.vocab_size, d_model=t.d_model, n_layers=t.n_layers, n_heads=t.n_heads,
-                       n_kv_heads=t.n_kv_heads, head_dim=t.d_model // t.n_heads, d_ff=t.d_ff,
-                       max_seq_len=t.max_seq_len, **dtypes)
+    return tiny_config(c.model)
   cfg_file = os.path.join(name, "config.json")
   if os.path.isfile(cfg_file):
     from deliberate.model.hf_io import config_from_hf

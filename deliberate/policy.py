@@ -21,7 +21,7 @@ from deliberate.mesh import make_mesh
 from deliberate.config import policy_config  # noqa: F401  (a policy's config section)
 from deliberate.model import registry, transformer
 from deliberate.model import tokenizer as tok_lib
-from deliberate.model.config import ModelConfig
+from deliberate.model.config import ModelConfig, tiny_config
 from deliberate.rl import lora as lora_lib
 from deliberate.sampling.engine import Request, SamplingEngine
 from deliberate.sampling.sampler import SamplingParams
@@ -37,10 +37,7 @@ def load_model(c: ml_collections.ConfigDict, scratch_dir: str):
     from deliberate.data import schema
     texts = [d["text"] for d in schema.load_dilemmas()] + [p["a"]["description"] for p in schema.load_pairs()]
     tok = tok_lib.train_sentencepiece(texts, os.path.join(scratch_dir, "tiny_tokenizer"), vocab_size=c.tiny.vocab_size)
-    cfg = ModelConfig(arch="llama", vocab_size=len(tok), d_model=c.tiny.d_model, n_layers=c.tiny.n_layers,
-                      n_heads=c.tiny.n_heads, n_kv_heads=c.tiny.n_kv_heads, head_dim=c.tiny.d_model // c.tiny.n_heads,
-                      d_ff=c.tiny.d_ff, max_seq_len=c.tiny.max_seq_len, eos_ids=tuple(tok_lib.stop_ids(tok)),
-                      param_dtype=c.param_dtype, compute_dtype=c.compute_dtype)
+    cfg = tiny_config(c, vocab_size=len(tok), eos_ids=tuple(tok_lib.stop_ids(tok)))
     return transformer.init_params(cfg, jax.random.key(c.tiny.seed)), cfg, tok
   try:
     params, cfg, tok = registry.load_policy(c.name, param_dtype=c.param_dtype)

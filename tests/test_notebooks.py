@@ -50,18 +50,24 @@ def _summary(decoding, seed, win):
           "comparisons": {"negotiation:base": {"ca_conflict": pair, "ca_open": pair, "resolution": pair}}}
 
 
+def _figure_inputs(monkeypatch, ev: str, seeds_wins, **env: str) -> None:
+  """A greedy evaluation directory (one summary per (seed, win rate), a cross-judge file) and the notebook's
+  DELIBERATE_* settings."""
+  for seed, win in seeds_wins:
+    os.makedirs(os.path.join(ev, "greedy", f"seed{seed}"))
+    with open(os.path.join(ev, "greedy", f"seed{seed}", "summary.json"), "w") as f:
+      json.dump(_summary("greedy", seed, win), f)
+  write_cross(os.path.join(ev, "cross_judge.jsonl"))
+  for name, value in env.items():
+    monkeypatch.setenv(f"DELIBERATE_{name}", value)
+
+
 def test_reproduce_figures_notebook(tmp_path, monkeypatch):
   run, single, ev, figs = (str(tmp_path / d) for d in ("run", "single", "eval", "figs"))
   write_run(run, steps=60, eval_metrics=True)
   write_run(single, steps=60)
-  for decoding, seed, win in (("greedy", 0, 50.0), ("greedy", 1, 75.0)):
-    os.makedirs(os.path.join(ev, decoding, f"seed{seed}"))
-    with open(os.path.join(ev, decoding, f"seed{seed}", "summary.json"), "w") as f:
-      json.dump(_summary(decoding, seed, win), f)
-  write_cross(os.path.join(ev, "cross_judge.jsonl"))
-  for name, value in (("RUN_DIR", run), ("SINGLE_RUN_DIR", single), ("EVAL_DIR", ev), ("FIG_DIR", figs),
-                      ("WINDOW", "10")):
-    monkeypatch.setenv(f"DELIBERATE_{name}", value)
+  _figure_inputs(monkeypatch, ev, ((0, 50.0), (1, 75.0)), RUN_DIR=run, SINGLE_RUN_DIR=single, EVAL_DIR=ev,
+                 FIG_DIR=figs, WINDOW="10")
   nb = _run("reproduce_figures.ipynb", tmp_path)
   assert sorted(f for f in os.listdir(figs) if f.endswith(".png")) == FIGURES
   assert all(os.path.getsize(os.path.join(figs, f)) > 10000 for f in FIGURES)
@@ -94,13 +100,8 @@ def test_reproduce_figures_notebook_on_a_real_tiny_run(tmp_path, monkeypatch):
   c.num_steps, c.eval_every, c.eval_tasks, c.tensorboard = 2, 1, 1, False
   run, ev, figs = str(tmp_path / "run"), str(tmp_path / "eval"), str(tmp_path / "figs")
   trainer.Trainer(c, run).run()
-  os.makedirs(os.path.join(ev, "greedy", "seed0"))
-  with open(os.path.join(ev, "greedy", "seed0", "summary.json"), "w") as f:
-    json.dump(_summary("greedy", 0, 50.0), f)
-  write_cross(os.path.join(ev, "cross_judge.jsonl"))
-  for name, value in (("RUN_DIR", run), ("SINGLE_RUN_DIR", run), ("EVAL_DIR", ev), ("FIG_DIR", figs),
-                      ("WINDOW", "1")):
-    monkeypatch.setenv(f"DELIBERATE_{name}", value)
+  _figure_inputs(monkeypatch, ev, ((0, 50.0),), RUN_DIR=run, SINGLE_RUN_DIR=run, EVAL_DIR=ev, FIG_DIR=figs,
+                 WINDOW="1")
   nb = _run("reproduce_figures.ipynb", tmp_path)
   assert sorted(f for f in os.listdir(figs) if f.endswith(".png")) == FIGURES
   assert all(os.path.getsize(os.path.join(figs, f)) > 10000 for f in FIGURES)

@@ -81,6 +81,15 @@ def default_config():
   return c
 
 
+def tiny_config(c, vocab_size: int | None = None, eos_ids: tuple[int, ...] = ()) -> ModelConfig:
+  """The ModelConfig of a `config.model` section with name 'tiny' (the tokenizer's size, once trained, as vocab)."""
+  t = c.tiny
+  return ModelConfig(arch="llama", vocab_size=vocab_size or t.vocab_size, d_model=t.d_model, n_layers=t.n_layers,
+                     n_heads=t.n_heads, n_kv_heads=t.n_kv_heads, head_dim=t.d_model // t.n_heads, d_ff=t.d_ff,
+                     max_seq_len=t.max_seq_len, eos_ids=eos_ids, param_dtype=c.param_dtype,
+                     compute_dtype=c.compute_dtype)
+
+
 def validate_section(c, prefix: str = "config.model") -> None:
   """Checks of the `model` section that need no checkpoint; errors name the field."""
   if not c.name:
