@@ -40,7 +40,8 @@ def train(seed: int, steps: int, workdir: str, backend: str, extra: list[str]) -
   cmd = [sys.executable, os.path.join(ROOT, "launch/train.py"), "--config", os.path.join(ROOT, "configs/quickstart.py"),
          "--workdir", workdir, f"--config.seed={seed}", f"--config.num_steps={steps}",
          f"--config.optim.total_steps={steps}", f"--config.checkpoint_every={steps}",
-         f"--config.judge.embedded_backend={backend}", *extra]
+         f"--config.judge.embedded_backend={backend}",
+         f"--config.compilation_cache_dir={os.path.join(os.path.dirname(workdir), 'xla-cache')}", *extra]
   t0 = time.time()
   with open(workdir + ".log", "w") as log:
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)

@@ -1,6 +1,6 @@
 """Truncated-turn fraction of the quickstart's negotiation (SmolLM2-135M, sampling only) for each turn stop.
 
-  python bench/turns.py                    # 4 dilemmas x G=4, 4 turns of <= 64 tokens: turn_stop none/paragraph/newline
+  python bench/turns.py                    # 4 dilemmas x G=4, 4 turns of <= 64 tokens: turn_stop none/paragraph/newline/sentence
 
 Each variant runs the same dialogues (same seed, same prompts) with the deterministic local judge (lexicon backend,
 a real HTTP server on 127.0.0.1) deciding agreement; a turn counts as truncated when it hit max_turn_tokens.
@@ -32,7 +32,7 @@ import quickstart  # noqa: E402
 def main() -> None:
   p = argparse.ArgumentParser()
   p.add_argument("--prompts", type=int, default=4)
-  p.add_argument("--stops", default="none,paragraph,newline")
+  p.add_argument("--stops", default="none,paragraph,newline,sentence")
   p.add_argument("--max_turn_tokens", type=int, default=0, help="0: the quickstart's")
   p.add_argument("--seed", type=int, default=0)
   a = p.parse_args()
@@ -67,6 +67,8 @@ def main() -> None:
         print(f"turn_stop={stop:<9} max_turn_tokens={c.max_turn_tokens} truncated {cut:.2f} ({n_cut}/{len(turns)} "
               f"turns) | mean turn {mean_len:.1f} tokens | agreed {sum(d.agreed for d in ds)}/{len(ds)} | "
               f"{wall:.0f} s (the first variant compiles){peer}", flush=True)
+        for t in ds[0].turns[:3]:
+          print(f"    agent {t.agent} ({len(t.response_ids)} tokens, {t.stop_reason}): {t.text[:200]!r}", flush=True)
 
 
 if __name__ == "__main__":

@@ -19,14 +19,15 @@ def get_config():
   c.judge.api_key_env = ""
   c.negotiation.group_size = 4
   c.negotiation.max_turns = 4
-  c.negotiation.max_turn_tokens = 64     # with the short-turn prompt about half of SmolLM2's turns end by
-                                         # themselves (at 48 tokens and the old prompt: 94-100% were cut; 96
-                                         # tokens cut as many as 64: the rest ramble on)
-  # c.negotiation.turn_stop = "paragraph" measured no change here (bench/turns.py: 15/32 turns cut either way)
+  c.negotiation.max_turn_tokens = 64
+  c.negotiation.turn_stop = "sentence"   # a turn is the one sentence the prompt asks for: 2/32 turns cut at 64
+                                         # tokens, mean 21.5 tokens (without it 15/32 cut, mean 43.5: SmolLM2
+                                         # rambles on; 'paragraph' changed nothing; bench/turns.py --prompts 2)
   c.negotiation.max_completion_tokens = 64
   c.data.prompts_per_step = 2            # two groups: one with unequal rewards is enough for an update
   c.num_steps = 3
-  c.optim.learning_rate = 1e-4
+  c.optim.learning_rate = 1e-3           # LoRA adapters only, and few steps: 1e-4 barely moves them in a
+                                         # short run (bench/learning.py trains this config)
   c.optim.total_steps = 3
   c.checkpoint_every = 1
   c.sampling_sharded = False

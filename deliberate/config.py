@@ -46,6 +46,9 @@ def base_config() -> ml_collections.ConfigDict:
                                       # shapes (deliberate/memory.py) and refuse a run that cannot fit, naming the
                                       # field to change; only where a limit is known (GPU/TPU, or the next field)
   c.memory_limit_gib = 0.0            # per device; 0 = the device's own limit (CPU reports none: no check)
+  c.compilation_cache_dir = ""        # persistent XLA compilation cache ('' = none): a later run of the same shapes
+                                      # (the next seed of a sweep, a restart) loads its programs instead of
+                                      # compiling them
   c.records_max_mb = 64.0             # rotate dialogue JSONL files past this size
   c.tensorboard = True
   c.wandb_project = ""                # '' = no wandb

@@ -214,13 +214,15 @@ def test_one_step_off_policy_ratio_and_weight_sync(tmp_path):
 
 
 def test_modules_layer_without_a_cycle():
-  """dialogue <- scheduler <- episode: the schedulers import the per-dialogue steps, never the Negotiator's module
-  (a fresh interpreter, so earlier imports in this session cannot hide a cycle)."""
+  """dialogue <- scheduler <- episode: the schedulers, records, metrics and rows import the per-dialogue data and
+  steps, never the Negotiator's module (a fresh interpreter, so earlier imports in this session cannot hide a cycle)."""
   import subprocess
   import sys
   loaded = "[m for m in sys.modules if m.startswith('deliberate.negotiation.')]"
   code = (f"import sys; import deliberate.negotiation.dialogue as d; loaded = {loaded}; "
           "assert not {'deliberate.negotiation.scheduler', 'deliberate.negotiation.episode'} & set(loaded), loaded; "
+          "import deliberate.negotiation.records, deliberate.negotiation.metrics, deliberate.negotiation.rows; "
+          f"loaded = {loaded}; assert 'deliberate.negotiation.episode' not in loaded, loaded; "
           f"import deliberate.negotiation.scheduler as s; loaded = {loaded}; "
           "assert 'deliberate.negotiation.episode' not in loaded, loaded; "
           "import deliberate.negotiation.episode as e; assert e.scheduler is s and e.Dialogue is d.Dialogue")

@@ -1,5 +1,5 @@
 """The turn stop: extra stop ids for one engine call end a row there (the stop id kept, as drawn), and the
-negotiation's paragraph-break ids are the ids whose text holds a blank line."""
+negotiation's stop ids are the ids whose text holds a blank line, a newline, or ends a sentence."""
 import pytest
 
 from deliberate.negotiation import config as neg_config, dialogue as episode
@@ -22,7 +22,7 @@ def test_extra_stop_ids_end_a_row_and_stay_in_its_ids(tiny_policy):
 
 class _Tok:
   """A stand-in vocabulary: id i decodes to TEXTS[i]."""
-  TEXTS = ["a", "\n", "\n\n", ".\n\n", "b\nc", " the"]
+  TEXTS = ["a", "\n", "\n\n", ".\n\n", "b\nc", " the", ".", " Mr.", "?\"", "3.", "!)", " ..."]
 
   def __len__(self):
     return len(self.TEXTS)
@@ -34,11 +34,13 @@ class _Tok:
 def test_paragraph_and_newline_stop_ids():
   assert episode.turn_stop_ids(_Tok(), "paragraph") == (2, 3)
   assert episode.turn_stop_ids(_Tok(), "newline") == (1, 2, 3, 4)
+  # a sentence ends at a token of punctuation alone: abbreviations ("Mr.") and numbers ("3.") go on
+  assert episode.turn_stop_ids(_Tok(), "sentence") == (3, 6, 8, 10, 11)
   assert episode.turn_stop_ids(_Tok(), "none") == ()
 
 
 def test_bad_turn_stop_names_the_field():
   c = neg_config.default_config()
-  c.turn_stop = "sentence"
+  c.turn_stop = "sentences"
   with pytest.raises(ValueError, match="config.negotiation.turn_stop"):
     neg_config.validate(c)

@@ -13,7 +13,7 @@ import numpy as np
 
 from deliberate.eval import stats
 from deliberate.negotiation import episode, records as records_lib
-from deliberate.negotiation.episode import eval_items
+from deliberate.negotiation.dialogue import eval_items
 
 DECODINGS = ("greedy", "sampled")
 

@@ -6,7 +6,7 @@ import ml_collections
 FAILED_POLICIES = ("exclude", "zero")
 TRUNCATED_POLICIES = ("keep", "mask", "penalize")
 SCHEDULERS = ("lockstep", "async")
-TURN_STOPS = ("none", "paragraph", "newline")
+TURN_STOPS = ("none", "paragraph", "newline", "sentence")
 
 
 def default_config() -> ml_collections.ConfigDict:
@@ -18,8 +18,9 @@ def default_config() -> ml_collections.ConfigDict:
   c.turn_temperature = 0.7
   c.turn_top_p = 0.95
   c.max_turn_tokens = 128           # not disclosed: ours
-  c.turn_stop = "none"              # a turn also ends at a 'paragraph' break (a token holding "\n\n") or any
-                                    # 'newline'; the stop token stays in the sampled ids. Ours (issue 16)
+  c.turn_stop = "none"              # a turn also ends at a 'paragraph' break (a token holding "\n\n"), any
+                                    # 'newline', or the end of a 'sentence' (a token of . ! ? alone, as "3." or
+                                    # "Mr." are not); the stop token stays in the sampled ids. Ours (issue 16)
   c.completion_temperature = 0.1
   c.completion_top_p = 0.95
   c.max_completion_tokens = 256     # not disclosed: ours

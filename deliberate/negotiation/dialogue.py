@@ -88,13 +88,22 @@ def _judge_turns(d: Dialogue, limit: int) -> list[dict[str, Any]]:
 _TURN_STOP_TEXT = {"paragraph": "\n\n", "newline": "\n"}
 
 
+def _ends_sentence(text: str) -> bool:
+  """A token that closes a sentence: its text, less trailing blanks and closing quotes, ends in . ! or ? after no
+  letter or digit of the same token ("." "?" ".\n" '."' yes; "Mr." "3." no, so abbreviations and numbers go on)."""
+  core = text.rstrip().rstrip("\"')”’").rstrip()
+  return bool(core) and core[-1] in ".!?" and not any(ch.isalnum() for ch in core)
+
+
 def turn_stop_ids(tokenizer, kind: str) -> tuple[int, ...]:
-  """The ids whose text holds a paragraph break (or any newline): a turn ends there, as a reply to a chat does.
-  Found by decoding every id once (about a second for a 49k vocabulary)."""
+  """The ids that end a turn, as a chat reply ends at its stop: a paragraph break, any newline, or the end of a
+  sentence. Found by decoding every id once (about a second for a 49k vocabulary)."""
   if kind == "none":
     return ()
-  text = _TURN_STOP_TEXT[kind]
-  return tuple(i for i in range(len(tokenizer)) if text in tokenizer.decode([i]))
+  texts = (tokenizer.decode([i]) for i in range(len(tokenizer)))
+  if kind == "sentence":
+    return tuple(i for i, t in enumerate(texts) if _ends_sentence(t))
+  return tuple(i for i, t in enumerate(texts) if _TURN_STOP_TEXT[kind] in t)
 
 
 class DialogueSteps:

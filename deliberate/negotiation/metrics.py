@@ -6,7 +6,7 @@ from typing import Sequence
 import numpy as np
 
 from deliberate import metric_names as M
-from deliberate.negotiation.episode import Dialogue
+from deliberate.negotiation.dialogue import Dialogue
 
 
 def _percentiles(xs: Sequence[float]) -> dict[str, float]:

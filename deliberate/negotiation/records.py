@@ -7,7 +7,7 @@ import os
 import textwrap
 from typing import Any, Iterator
 
-from deliberate.negotiation.episode import Dialogue
+from deliberate.negotiation.dialogue import Dialogue
 from deliberate.negotiation.prompts import PROMPT_VERSION
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
-from deliberate.negotiation.episode import Dialogue
+from deliberate.negotiation.dialogue import Dialogue
 from deliberate.rl.batch import Row
 
 
