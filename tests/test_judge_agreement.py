@@ -29,6 +29,9 @@ def _verdict(turns):
     # Nothing was proposed to accept.
     ([{"agent": 1, "text": "Hello."}, {"agent": 2, "text": "Agreed."}], "no"),
     ([PROPOSAL, {"agent": 2, "text": "I agree on goals but I cannot accept this."}], "no"),
+    # A qualified acceptance is a counter-proposal (the hack a policy learned under the older rule).
+    ([PROPOSAL, {"agent": 2, "text": "I agree, but can you please make a counter-proposal?"}], "no"),
+    ([PROPOSAL, {"agent": 2, "text": "I accept, however the budget must double."}], "no"),
 ])
 def test_lexicon_agreement_needs_two_parties(turns, verdict):
   assert _verdict(turns) == f"Verdict: {verdict}"

@@ -4,7 +4,7 @@ For offline smoke runs and tests only. It reads the rubric tag on the first line
 fenced blocks of the user prompt, and answers in the format the parsers read:
 - agreement/v*: agreement needs two parties. Yes iff there are at least two turns, the latest turn's agent is not
   the agent of the turn before it, that earlier turn makes a proposal (PROPOSE, or asks a question), and the latest turn answers it with
-  an acceptance phrase (AGREE) and no refusal phrase (REFUSE). Never on turn 1. Phrases match whole words only: a
+  an acceptance phrase (AGREE) and no refusal phrase (REFUSE; "I agree, but ..." is one). Never on turn 1. Phrases match whole words only: a
   hyphen joins words, so "the agreed-upon plan" is not "agreed".
 - ca-score/v*: 0 if the completion has fewer than MIN_WORDS words; else (aspects with >= 2 distinct cue words
   among Knowledge, Benevolence, Power, Vitality) + 1 if it addresses every stakeholder (both persona names, or
@@ -52,7 +52,10 @@ AGREE = _phrases(r"(?:i|we) (?:fully |both |can |do )?agree", r"agreed", r"(?:it
                  r"(?:i|we) (?:can )?accept", r"sounds good", r"(?:that )?works for me", r"let'?s do it",
                  r"let'?s go with", r"i'?m on board", r"count me in")
 REFUSE = _phrases(r"(?:don'?t|do not|can'?t|cannot|won'?t|will not|not) (?:yet )?(?:agree|accept)\w*",
-                  r"disagree\w*", r"no deal", r"reject\w*", r"not agreed", r"unacceptable", r"not acceptable")
+                  r"disagree\w*", r"no deal", r"reject\w*", r"not agreed", r"unacceptable", r"not acceptable",
+                  # a qualified acceptance is a counter-proposal: SmolLM2 trained on the older rule learned to open
+                  # every turn "I agree, but ..." (issue 16, bench/learning.py)
+                  r"(?:agree|accept)\w*,? (?:but|however|though|only if)")
 # What the other party's turn must contain for an acceptance to answer it: an offer, a plan, a suggestion or a
 # question ("Ship a smaller release Friday?").
 PROPOSE = _phrases(r"propos\w*", r"suggest\w*", r"offer\w*", r"how about", r"what if", r"let'?s", r"let us",
