@@ -72,12 +72,12 @@ def judge_url():
 
 
 def _launch(workdir, steps, judge_url):
-  env = dict(os.environ, JAX_COMPILATION_CACHE_DIR=os.path.join(os.path.dirname(workdir), "jax_cache"))
+  cache = os.path.join(os.path.dirname(workdir), "jax_cache")  # config.compilation_cache_dir: later runs load
   return subprocess.Popen([sys.executable, os.path.join(ROOT, "launch", "train.py"), "--config",
                            os.path.join(ROOT, "configs", "tiny.py"), "--workdir", workdir,
                            f"--config.num_steps={steps}", "--config.tensorboard=False", "--config.judge.embedded=False",
-                           f"--config.judge.base_url={judge_url}"],
-                          env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                           f"--config.judge.base_url={judge_url}", f"--config.compilation_cache_dir={cache}"],
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
 
 
 def _final_params(workdir):
@@ -93,6 +93,7 @@ def test_sigkill_then_resume_equals_uninterrupted(tmp_path, judge_url):
   ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
   proc = _launch(ref, steps, judge_url)
   assert proc.wait(timeout=600) == 0, proc.stdout.read()[-3000:]
+  assert os.listdir(tmp_path / "jax_cache"), "config.compilation_cache_dir: the launcher wrote no compiled program"
   proc = _launch(killed, steps, judge_url)
   first = os.path.join(killed, "checkpoints", "1")
   deadline = time.time() + 600
