@@ -132,6 +132,8 @@ class Trainer:
     self.config, self.workdir = config, os.path.abspath(workdir)
     os.makedirs(self.workdir, exist_ok=True)
     c = config
+    if c.compilation_cache_dir:  # before this run compiles anything, from any entry point (launcher, notebook)
+      jax.config.update("jax_compilation_cache_dir", os.path.expanduser(c.compilation_cache_dir))
     # Across hosts: each host rolls out its own block of the step's prompts (groups never straddle hosts, so group
     # advantages stay exact) and writes its own records and judge cache; process 0 alone writes metrics.
     host, hosts = jax.process_index(), jax.process_count()

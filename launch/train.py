@@ -27,9 +27,6 @@ def main(argv):
     tfds.disable_progress_bar()
   from deliberate import config as config_lib, distributed  # after flag parsing: JAX reads XLA_FLAGS at import
   config_lib.validate(FLAGS.config)  # every field, before any process group or model
-  if FLAGS.config.compilation_cache_dir:  # before anything compiles
-    import jax
-    jax.config.update("jax_compilation_cache_dir", os.path.expanduser(FLAGS.config.compilation_cache_dir))
   distributed.initialize(FLAGS.coordinator_address, FLAGS.num_processes, FLAGS.process_id)
   from deliberate import trainer
   t = trainer.Trainer(FLAGS.config, FLAGS.workdir)
