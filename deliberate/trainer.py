@@ -86,7 +86,8 @@ def skip_zero_advantage(rl: ml_collections.ConfigDict) -> bool:
 
 
 def step_batch(rows, adv: np.ndarray, *, pad_id: int, multiple: int, loss_cfg: loss_lib.LossConfig,
-               skip_zero: bool, add_reference=lambda b: b, pack_length: int = 0) -> dict[str, np.ndarray] | None:
+               skip_zero: bool, add_reference=lambda b: b, pack_length: int = 0, share_prefix: bool = True
+               ) -> dict[str, np.ndarray] | None:
   """The prepared batch of a step's trained rows, bucketed to (B, T) agreed across hosts (or packed into sequences
   of `pack_length`: rl/loss.py:packed_batch); None when no host has a row to train. With `skip_zero`, rows of zero
   advantage are left out after the normaliser is computed over all of them (rl/batch.py:select), so the update is
@@ -94,7 +95,7 @@ def step_batch(rows, adv: np.ndarray, *, pad_id: int, multiple: int, loss_cfg: l
   trained = [r for r in rows if r.trained]
   if pack_length:
     return loss_lib.packed_batch(trained, adv, loss_cfg, length=pack_length, pad_id=pad_id, multiple=multiple,
-                                 skip_zero=skip_zero, add_reference=add_reference)
+                                 skip_zero=skip_zero, add_reference=add_reference, share_prefix=share_prefix)
   if not skip_zero:
     if not agree_max(len(trained))[0]:
       return None
@@ -207,7 +208,8 @@ class Trainer:
     return step_batch(rollout.rows, adv, pad_id=self.model_config.pad_id,
                       multiple=shards * self.config.rl.micro_batches, loss_cfg=self.step_config.loss,
                       skip_zero=skip_zero_advantage(self.config.rl), add_reference=self.runner.add_reference,
-                      pack_length=self.config.rl.get("pack_length", 0))
+                      pack_length=self.config.rl.get("pack_length", 0),
+                      share_prefix=self.config.rl.get("share_prefix", True))
 
   def train_one_step(self) -> dict[str, float]:
     c = self.config

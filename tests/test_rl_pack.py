@@ -121,3 +121,57 @@ def test_both_step_kinds_give_the_padded_update_in_fixed_shape_calls(params, kin
   assert m1["grad_norm"] == pytest.approx(m0["grad_norm"], rel=1e-4)
   for a, b in zip(jax.tree.leaves(p0), jax.tree.leaves(p1)):
     np.testing.assert_allclose(a, b, rtol=2e-4, atol=2e-6)
+
+
+def _group_rows(seed: int = 0) -> list[Row]:
+  """Two agents x three dialogues x two turns: an agent's rows share its system prefix, and its opening turns
+  share their whole prompt (as the G dialogues of a negotiation group do)."""
+  rng = np.random.default_rng(seed)
+  rows = []
+  for agent in (1, 2):
+    system = rng.integers(1, CFG.vocab_size, 9).tolist()
+    opening = rng.integers(1, CFG.vocab_size, 3).tolist()
+    for d in range(3):
+      for turn in range(2):
+        prompt = system + (opening if turn == 0 else rng.integers(1, CFG.vocab_size, 6).tolist())
+        r = int(rng.integers(2, 7))
+        rows.append(Row(prompt, rng.integers(1, CFG.vocab_size, r).tolist(), (-rng.uniform(0.5, 4.0, r)).tolist(),
+                        sequence=d, agent=agent))
+  return rows
+
+
+def _shared(share: bool):
+  kw = dict(pad_id=0, multiple=1, loss_cfg=loss_lib.LossConfig(norm_mode="seq_mean_token_mean"), skip_zero=True)
+  return (trainer.step_batch(_group_rows(), ADV[:3], **kw),
+          trainer.step_batch(_group_rows(), ADV[:3], pack_length=LENGTH * 2, share_prefix=share, **kw))
+
+
+def test_rows_sharing_a_prompt_prefix_pay_for_it_once():
+  padded, unshared = _shared(False)
+  _, shared = _shared(True)
+  tokens = lambda b: int((b["positions_BxT"] >= 0).sum())
+  rows = [r for r in _group_rows() if ADV[r.sequence] != 0]
+  assert tokens(unshared) == sum(len(r.prompt_ids) + len(r.response_ids) for r in rows)
+  # each agent's 4 trained rows (2 dialogues of advantage != 0, 2 turns) lay out its 9-token system prefix once
+  assert tokens(shared) == tokens(unshared) - 2 * 3 * 9
+  assert (shared["parents_BxT"] > 0).any() and not unshared["parents_BxT"].any()
+  assert shared["loss_mask_BxT"].sum() == padded["loss_mask_BxT"].sum() == unshared["loss_mask_BxT"].sum()
+  assert shared["row_starts_BxT"].sum() == len(rows)
+  # a prefix token never carries a target, and a row's first target's predecessor is in the row itself
+  prefix = np.isin(shared["segments_BxT"], shared["parents_BxT"][shared["parents_BxT"] > 0])
+  assert not (shared["loss_mask_BxT"][prefix] > 0).any()
+
+
+def test_a_shared_prefix_gives_the_padded_loss_and_gradient_and_is_read_through_the_parent_ids(params):
+  padded, _ = _shared(False)
+  _, shared = _shared(True)
+  v0, g0, m0 = _value_and_grads(_GRADS, params, padded, STEP_CFG)
+  v1, g1, m1 = _value_and_grads(_GRADS, params, shared, STEP_CFG)
+  assert v1 == pytest.approx(v0, rel=1e-5, abs=1e-7)
+  for a, b in zip(jax.tree.leaves(g0), jax.tree.leaves(g1)):
+    np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=2e-4, atol=2e-7)
+  for name in ("tokens", "entropy", "rows", "advantage"):
+    assert m1[name] == pytest.approx(m0[name], rel=1e-5, abs=1e-6), name
+  orphaned = {**shared, "parents_BxT": np.zeros_like(shared["parents_BxT"])}  # rows blind to their prefix
+  v2, _, _ = _value_and_grads(_GRADS, params, orphaned, STEP_CFG)
+  assert abs(v2 - v0) > 1e-3 * abs(v0)

@@ -8,8 +8,10 @@ of each target token, aligned with the sampling log-probs, and padding rows have
 
 `pack` lays the rows of a prepared padded batch end to end into S sequences of a fixed length L instead (segment
 ids keep attention within a row, positions restart per row), so a step pays for its tokens, not for the longest
-row's bucket, and its shape does not change from step to step. The per-row values the loss reads (advantage, loss
-weight) become per-token fields and each row's normaliser share moves to its sequence: the same loss and gradient.
+row's bucket, and its shape does not change from step to step. Rows that share a prompt prefix are laid out after
+one copy of it, which they all attend to (`parents_BxT`), so the prefix is computed once. The per-row values the
+loss reads (advantage, loss weight) become per-token fields and each row's normaliser share moves to its sequence:
+the same loss and gradient.
 """
 from __future__ import annotations
 
@@ -49,7 +51,8 @@ DERIVED_FIELDS = {                           # written by rl/loss.py:prepare_bat
     "norm_counts_B": (np.float32, "B"),
 }
 PACKED_FIELDS = {                            # written by `pack`: B is then packed sequences, not rows
-    "segments_BxT": (np.int32, "BT"),        # 1, 2, ... per row of a sequence; 0 marks padding
+    "segments_BxT": (np.int32, "BT"),        # 1, 2, ... per row (or shared prefix) of a sequence; 0 marks padding
+    "parents_BxT": (np.int32, "BT"),         # the shared-prefix segment a row's tokens also see; 0: none
     "advantages_BxT": (np.float32, "BT"),    # the row's advantage on each of its tokens
     "loss_weights_BxT": (np.float32, "BT"),  # the row's loss weight on each of its tokens
     "row_starts_BxT": (np.float32, "BT"),    # 1 on each row's first token (row counts and advantage metrics)
@@ -153,7 +156,7 @@ def select(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, batch_size: 
 
 
 def pack_plan(lengths: Sequence[int], length: int) -> list[list[int]]:
-  """First-fit decreasing: the indices of the rows each sequence of `length` tokens holds (longest rows first)."""
+  """First-fit decreasing: the indices of the items each sequence of `length` tokens holds (longest first)."""
   bins: list[list[int]] = []
   room: list[int] = []
   for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
@@ -169,18 +172,72 @@ def pack_plan(lengths: Sequence[int], length: int) -> list[list[int]]:
   return bins
 
 
+Unit = tuple[int, list[int]]  # (shared prefix length, rows): the prefix is laid out once, then each row's rest
+
+
+def _common(a: np.ndarray, b: np.ndarray) -> int:
+  n = min(len(a), len(b))
+  diff = np.flatnonzero(a[:n] != b[:n])
+  return int(diff[0]) if len(diff) else n
+
+
+def prefix_units(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: int, share: bool = True
+                 ) -> list[Unit]:
+  """Rows grouped by a shared prompt prefix (the G dialogues of a group, the turns of one agent share its system
+  message and the dilemma), each group with the prefix length its rows share.
+
+  A row shares at most up to the token before its first target, so every target's predecessor is in the row's own
+  segment: the prefix carries no loss, and its keys and values (computed once, gradient summed over the rows that
+  read them) are what each row would have computed itself. Greedy over rows in token order: a row joins the group
+  while that does not lower the tokens saved and the group still fits in `length`."""
+  used = np.asarray(batch["positions_BxT"]) >= 0
+  mask = np.asarray(batch["loss_mask_BxT"]) > 0
+  tokens = np.asarray(batch["tokens_BxT"])
+  n = {i: int(used[i].sum()) for i in keep}
+  if not share:
+    return [(0, [i]) for i in keep]
+  seqs = {i: tokens[i, :n[i]] for i in keep}
+  cap = {i: max(0, (int(np.argmax(mask[i])) if mask[i].any() else n[i]) - 1) for i in keep}
+  order = sorted(keep, key=lambda i: (tuple(seqs[i][:cap[i]]), i))
+  units: list[Unit] = []
+  for i in order:
+    if units:
+      shared, rows = units[-1]
+      new = min(shared if len(rows) > 1 else cap[rows[0]], cap[i], _common(seqs[rows[-1]], seqs[i]))
+      size = new + sum(n[r] - new for r in rows) + n[i] - new
+      if new > 0 and len(rows) * new >= (len(rows) - 1) * shared and size <= length:
+        units[-1] = (new, rows + [i])
+        continue
+    units.append((0, [i]))
+  return [(shared if len(rows) > 1 else 0, rows) for shared, rows in units]
+
+
+def unit_length(unit: Unit, lengths: Mapping[int, int]) -> int:
+  shared, rows = unit
+  return shared + sum(lengths[r] - shared for r in rows)
+
+
+def pack_layout(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: int, share_prefix: bool = True
+                ) -> list[list[Unit]]:
+  """The units (`prefix_units`) each packed sequence holds."""
+  used = np.asarray(batch["positions_BxT"]) >= 0
+  lengths = {int(i): int(used[i].sum()) for i in keep}
+  units = prefix_units(batch, [int(i) for i in keep], length, share_prefix)
+  return [[units[j] for j in b] for b in pack_plan([unit_length(u, lengths) for u in units], length)]
+
+
 def pack(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, length: int, num_seqs: int | None = None,
-         multiple: int = 1, pad_id: int = 0) -> dict[str, np.ndarray]:
+         multiple: int = 1, pad_id: int = 0, share_prefix: bool = True) -> dict[str, np.ndarray]:
   """The rows `keep` of a prepared padded batch (rl/loss.py:prepare_batch) packed into (S, length) sequences.
 
   S is the packing's count rounded up to `multiple`, or `num_seqs` (at least that count; hosts agree on it).
-  `norm_counts_B` holds each sequence's rows' shares, and the shares of rows left out ride on sequence 0, so
-  sum(norm_counts_B), the loss's divisor, is the whole batch's (as in `select`).
+  With `share_prefix`, rows that share a prompt prefix are laid out after one copy of it (its own segment, named
+  by their `parents_BxT`). `norm_counts_B` holds each sequence's rows' shares, and the shares of rows left out
+  ride on sequence 0, so sum(norm_counts_B), the loss's divisor, is the whole batch's (as in `select`).
   """
   keep = [int(i) for i in keep]
   used = np.asarray(batch["positions_BxT"]) >= 0
-  lengths = [int(used[i].sum()) for i in keep]
-  plan = [[keep[j] for j in b] for b in pack_plan(lengths, length)]
+  plan = pack_layout(batch, keep, length, share_prefix)
   s = -(-max(len(plan), 1) // multiple) * multiple
   if num_seqs is not None:
     if num_seqs < len(plan):
@@ -191,24 +248,34 @@ def pack(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, length: int, n
          "loss_mask_BxT": np.zeros(bt, np.float32), "old_logprobs_BxT": np.zeros(bt, np.float32),
          **{k: np.zeros(bt, dt) for k, (dt, _) in PACKED_FIELDS.items()},
          "norm_counts_B": np.zeros((s,), np.float32)}
-  per_token = {"tokens_BxT": "tokens_BxT", "positions_BxT": "positions_BxT", "loss_mask_BxT": "loss_mask_BxT",
-               "old_logprobs_BxT": "old_logprobs_BxT"}
+  per_token = ["tokens_BxT", "positions_BxT", "loss_mask_BxT", "old_logprobs_BxT"]
   if "ref_logprobs_BxT" in batch:
     out["ref_logprobs_BxT"] = np.zeros(bt, np.float32)
-    per_token["ref_logprobs_BxT"] = "ref_logprobs_BxT"
+    per_token.append("ref_logprobs_BxT")
   counts = np.asarray(batch["norm_counts_B"], np.float64)
-  for b, rows in enumerate(plan):
-    at = 0
-    for seg, i in enumerate(rows, start=1):
-      n = int(used[i].sum())
-      sl = slice(at, at + n)
-      for dst, src in per_token.items():
-        out[dst][b, sl] = np.asarray(batch[src])[i, :n]
-      out["segments_BxT"][b, sl] = seg
-      out["advantages_BxT"][b, sl] = batch["advantages_B"][i]
-      out["loss_weights_BxT"][b, sl] = batch["loss_weights_B"][i]
-      out["row_starts_BxT"][b, at] = 1.0
-      at += n
-    out["norm_counts_B"][b] = np.float32(counts[rows].sum())
+  for b, units in enumerate(plan):
+    at, seg = 0, 0
+    for shared, rows in units:
+      parent = 0
+      if shared:
+        seg += 1
+        sl = slice(at, at + shared)
+        for name in per_token:
+          out[name][b, sl] = np.asarray(batch[name])[rows[0], :shared]
+        out["segments_BxT"][b, sl] = parent = seg
+        at += shared
+      for i in rows:
+        seg += 1
+        n = int(used[i].sum()) - shared
+        sl = slice(at, at + n)
+        for name in per_token:
+          out[name][b, sl] = np.asarray(batch[name])[i, shared:shared + n]
+        out["segments_BxT"][b, sl] = seg
+        out["parents_BxT"][b, sl] = parent
+        out["advantages_BxT"][b, sl] = batch["advantages_B"][i]
+        out["loss_weights_BxT"][b, sl] = batch["loss_weights_B"][i]
+        out["row_starts_BxT"][b, at] = 1.0
+        at += n
+    out["norm_counts_B"][b] = np.float32(counts[[r for _, rows in units for r in rows]].sum())
   out["norm_counts_B"][0] += np.float32(counts.sum() - counts[keep].sum())
   return out

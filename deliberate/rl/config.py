@@ -39,6 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.pack_length = 0                # > 0: rows are packed into sequences of this many tokens (segment ids keep
                                    # attention within a row): fixed train shapes, no bucket padding. 0: each row
                                    # padded to the batch's length bucket
+  c.share_prefix = True            # packed: rows sharing a prompt prefix (one agent's turns in a group: its
+                                   # system message and the dilemma) attend to one copy of it, computed once
   c.lora_dtype = "float32"         # the adapter path's dtype; bfloat16 loses small updates, as a merge into bf16 does
   c.sampling_row_axes = "data"     # sharded: mesh axes the sampler splits rollout rows over (the others hold
                                    # weight and KV-cache shards); the sampler uses the step's params as sharded

@@ -94,7 +94,8 @@ def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_
                    loss_mask_BxT: jax.Array, *, config: ModelConfig, targets_per_row: int | None = None,
                    token_chunk: int | None = None, recompute: bool = True, remat: bool = False,
                    temperature: float = 1.0, lora: transformer.Adapters | None = None,
-                   segments_BxT: jax.Array | None = None) -> tuple[jax.Array, jax.Array]:
+                   segments_BxT: jax.Array | None = None, parents_BxT: jax.Array | None = None
+                   ) -> tuple[jax.Array, jax.Array]:
   """Log-probs and entropies [B, T] (float32, 0 off the mask) of the masked target tokens.
 
   Args:
@@ -107,9 +108,11 @@ def token_logprobs(params: transformer.Params, tokens_BxT: jax.Array, positions_
     temperature: the sampling temperature, so that on-policy importance ratios are exactly 1.
     lora: adapters on their own path over the frozen `params` (differentiable; the base is not).
     segments_BxT: packed rows (rl/batch.py:pack): attention stays within a segment.
+    parents_BxT: the shared-prefix segment each token also sees (0: none).
   """
   hidden_BxTxD, _ = transformer.forward_hidden(params, tokens_BxT, positions_BxT, config=config, remat=remat,
-                                               lora=lora, segments_BxT=segments_BxT)
+                                               lora=lora, segments_BxT=segments_BxT,
+                                               parents_BxT=parents_BxT)
   b, t = tokens_BxT.shape
   k = t - 1 if targets_per_row is None else min(targets_per_row, t - 1)
   chunk = min(token_chunk or k, k)

@@ -84,7 +84,8 @@ def prepare_batch(batch: Mapping[str, Any], cfg: LossConfig) -> dict[str, np.nda
 
 
 def packed_batch(trained: Sequence[batch_lib.Row], adv: np.ndarray, cfg: LossConfig, *, length: int, pad_id: int,
-                 multiple: int, skip_zero: bool, add_reference=lambda b: b) -> dict[str, np.ndarray] | None:
+                 multiple: int, skip_zero: bool, add_reference=lambda b: b, share_prefix: bool = True
+                 ) -> dict[str, np.ndarray] | None:
   """A step's trained rows prepared over the whole batch (normaliser, weights), then packed into (S, length)
   sequences, S agreed across hosts; with `skip_zero` only rows of non-zero advantage are packed. None when no host
   has a row to pack."""
@@ -93,12 +94,11 @@ def packed_batch(trained: Sequence[batch_lib.Row], adv: np.ndarray, cfg: LossCon
           np.flatnonzero(full["advantages_B"] != 0) if skip_zero else np.arange(len(trained)))
   if not agree_max(len(keep))[0]:
     return None
-  used = full["positions_BxT"] >= 0 if full is not None else None
-  n = len(batch_lib.pack_plan([int(used[i].sum()) for i in keep], length)) if len(keep) else 1
+  n = len(batch_lib.pack_layout(full, keep, length, share_prefix)) if len(keep) else 1
   s, = agree_max(-(-n // multiple) * multiple)
   if full is None:  # this host has nothing, another has: padding sequences
     full = prepare_batch(batch_lib.collate([], adv, pad_id=pad_id, length=1, batch=1), cfg)
-  return batch_lib.pack(full, keep, length=length, num_seqs=s, pad_id=pad_id)
+  return batch_lib.pack(full, keep, length=length, num_seqs=s, pad_id=pad_id, share_prefix=share_prefix)
 
 
 def _per_row(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:

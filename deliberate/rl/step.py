@@ -64,7 +64,8 @@ def _loss(trainable, frozen, batch, denom, cfg: StepConfig, k: int):
   lp, ent = logprobs.token_logprobs(
       params, batch["tokens_BxT"], batch["positions_BxT"], batch["loss_mask_BxT"], config=cfg.model,
       targets_per_row=k, token_chunk=cfg.token_chunk, recompute=cfg.recompute, remat=cfg.remat,
-      temperature=cfg.temperature, lora=adapters, segments_BxT=batch.get("segments_BxT"))
+      temperature=cfg.temperature, lora=adapters, segments_BxT=batch.get("segments_BxT"),
+      parents_BxT=batch.get("parents_BxT"))
   loss_sum, metrics = loss_lib.policy_loss(lp, ent, batch, cfg.loss)
   return loss_sum / denom, metrics
 
