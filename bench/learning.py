@@ -1,7 +1,8 @@
 """Does the embedded default learn? Trains configs/quickstart.py (SmolLM2-135M, the deterministic local judge) for
 a fixed number of steps per seed and compares the first and the last tenth of the steps.
 
-  python bench/learning.py                                  # 3 seeds x 40 steps, lexicon judge
+  python bench/learning.py                                  # 3 seeds x 8 steps, lexicon judge (about an hour
+                                                            # on 2 CPU cores)
   python bench/learning.py --seeds 0 --steps 6 --backend model   # the policy judging itself (shorter run)
 
 Prints per seed and pooled over seeds: agreement rate, mean rounds to agreement, lexicon-CA group min/mean/max (of
@@ -92,7 +93,7 @@ def parse_report(runs: dict[str, dict[str, np.ndarray]]) -> str:
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--steps", type=int, default=40)
+  ap.add_argument("--steps", type=int, default=8)  # sized to the issue's 90 minutes on a 2-core machine
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--backend", choices=("lexicon", "model"), default="lexicon")
   ap.add_argument("--workdir", default="/tmp/deliberate-bench-learning")
