@@ -43,11 +43,12 @@ def test_lexicon_answer_says_why_and_is_labelled():
 
 
 def test_llm_agreement_rubric_states_the_two_party_rule():
-  """The LLM judge gets the same rule in words; a new version so no v1 answer replays from the cache."""
+  """The LLM judge gets the same rules in words; a new version so no v2 answer replays from the cache."""
   system = rubrics.agreement_messages("d", PA, PB, [PROPOSAL])[0]["content"]
-  assert rubrics.AGREEMENT_VERSION == "agreement/v2" and system.startswith("[rubric: agreement/v2]")
+  assert rubrics.AGREEMENT_VERSION == "agreement/v3" and system.startswith("[rubric: agreement/v3]")
   for phrase in ("Agreement needs two parties", "OTHER party", "Never answer yes on the first turn",
-                 "'agreed-upon'", "nobody can agree with their own proposal"):
+                 "'agreed-upon'", "nobody can agree with their own proposal", "'I agree, but ...'",
+                 "counter-proposal is a new proposal"):
     assert phrase in system, phrase
 
 

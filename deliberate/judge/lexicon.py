@@ -3,9 +3,9 @@
 For offline smoke runs and tests only. It reads the rubric tag on the first line of the system prompt and only the
 fenced blocks of the user prompt, and answers in the format the parsers read:
 - agreement/v*: agreement needs two parties. Yes iff there are at least two turns, the latest turn's agent is not
-  the agent of the turn before it, that earlier turn makes a proposal (PROPOSE, or asks a question), and the latest turn answers it with
-  an acceptance phrase (AGREE) and no refusal phrase (REFUSE; "I agree, but ..." is one). Never on turn 1. Phrases match whole words only: a
-  hyphen joins words, so "the agreed-upon plan" is not "agreed".
+  the agent of the turn before it, that earlier turn makes a proposal (PROPOSE, or asks a question), and the latest
+  turn answers it with an acceptance phrase (AGREE) and no refusal phrase (REFUSE; "I agree, but ..." is one).
+  Never on turn 1. Phrases match whole words only: a hyphen joins words, so "the agreed-upon plan" is not "agreed".
 - ca-score/v*: 0 if the completion has fewer than MIN_WORDS words; else (aspects with >= 2 distinct cue words
   among Knowledge, Benevolence, Power, Vitality) + 1 if it addresses every stakeholder (both persona names, or
   words such as "both", "everyone", "all parties"), capped at 5.

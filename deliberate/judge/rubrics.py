@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from typing import Any, Mapping, Sequence
 
-AGREEMENT_VERSION = "agreement/v2"
+AGREEMENT_VERSION = "agreement/v3"
 CA_VERSION = "ca-score/v1"
 COMPARE_CA_VERSION = "ca-pairwise/v1"
 COMPARE_RESOLUTION_VERSION = "resolution-pairwise/v1"
@@ -130,7 +130,9 @@ def agreement_messages(dilemma: Dilemma, persona_a: Persona, persona_b: Persona,
       "decision) and the OTHER party, in a later turn, explicitly accepts that proposal, even if details such as "
       "timing, amounts or implementation are still open. Never answer yes on the first turn or when only one party "
       "has spoken: nobody can agree with their own proposal. Words such as 'agreed-upon', 'the agreed plan' or "
-      "'we agree that X matters' inside a proposal are not an acceptance. Answer no when only one party has "
+      "'we agree that X matters' inside a proposal are not an acceptance, and neither is a qualified one: 'I "
+      "agree, but ...', 'I accept, however ...' or 'only if ...' followed by a change or a counter-proposal is a "
+      "new proposal. Answer no when only one party has "
       "proposed it, when acceptance hinges on a central point still in dispute, when they agree only to keep "
       "talking, or when they disagree. A polite or warm tone alone is not agreement.\n"
       "Think in at most three sentences, then end with exactly one final line: `Verdict: yes` or `Verdict: no`.")
