@@ -29,6 +29,12 @@ def _verdict(turns):
     # Nothing was proposed to accept.
     ([{"agent": 1, "text": "Hello."}, {"agent": 2, "text": "Agreed."}], "no"),
     ([PROPOSAL, {"agent": 2, "text": "I agree on goals but I cannot accept this."}], "no"),
+    # Acceptances as SmolLM2-135M writes them; advice to accept and a hedged refusal are not acceptances.
+    ([PROPOSAL, {"agent": 2, "text": "I completely agree with your suggestion."}], "yes"),
+    ([PROPOSAL, {"agent": 2, "text": "I'm happy to accept the proposal."}], "yes"),
+    ([PROPOSAL, {"agent": 2, "text": "You should accept Beth's proposal, rather than a counter-proposal."}], "no"),
+    ([PROPOSAL, {"agent": 2, "text": "I don't completely agree."}], "no"),
+    ([PROPOSAL, {"agent": 2, "text": "I will never accept a pilot."}], "no"),
     # A qualified acceptance is a counter-proposal (the hack a policy learned under the older rule).
     ([PROPOSAL, {"agent": 2, "text": "I agree, but can you please make a counter-proposal?"}], "no"),
     ([PROPOSAL, {"agent": 2, "text": "I accept, however the budget must double."}], "no"),

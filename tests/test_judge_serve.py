@@ -58,6 +58,7 @@ def test_lexicon_ca_counts_aspects():
   cases = {
       filler: 0,
       filler + " we share evidence and inform people": 1,  # knowledge only
+      filler + " with respect": 1,  # one cue word covers an aspect (lexicon.MIN_CUES)
       filler + " inform with evidence, respect and support": 2,
       filler + " inform with evidence, respect and support, give options and a voice, for both": 4,
       filler + " inform with evidence, respect and support, options and voice, sustainable and ongoing; both": 5,

@@ -6,7 +6,7 @@ fenced blocks of the user prompt, and answers in the format the parsers read:
   the agent of the turn before it, that earlier turn makes a proposal (PROPOSE, or asks a question), and the latest
   turn answers it with an acceptance phrase (AGREE) and no refusal phrase (REFUSE; "I agree, but ..." is one).
   Never on turn 1. Phrases match whole words only: a hyphen joins words, so "the agreed-upon plan" is not "agreed".
-- ca-score/v*: 0 if the completion has fewer than MIN_WORDS words; else (aspects with >= 2 distinct cue words
+- ca-score/v*: 0 if the completion has fewer than MIN_WORDS words; else (aspects with >= MIN_CUES distinct cue words
   among Knowledge, Benevolence, Power, Vitality) + 1 if it addresses every stakeholder (both persona names, or
   words such as "both", "everyone", "all parties"), capped at 5.
 - ca-pairwise/v*: the higher (CA score, total distinct CA cues) wins; equal is a tie.
@@ -20,6 +20,8 @@ from typing import Mapping, Sequence
 
 MODEL_NAME = "deterministic-local-judge (lexicon)"
 MIN_WORDS = 20
+MIN_CUES = 1  # cue words an aspect needs to count: with 2, 5 of 7 agreed SmolLM2-135M completions scored 0 (issue
+              # 16), too sparse a reward for a smoke run of a small model to learn from
 
 ASPECTS = {
     "knowledge": ("inform*", "evidence", "data", "transparen*", "explain*", "explanation*", "understand*", "learn*",
@@ -48,10 +50,13 @@ def _phrases(*alternatives: str) -> re.Pattern:
   return re.compile("|".join(f"{_B}(?:{a}){_E}" for a in alternatives), re.M)
 
 
-AGREE = _phrases(r"(?:i|we) (?:fully |both |can |do )?agree", r"agreed", r"(?:it'?s|we have) a deal", r"^deal",
-                 r"(?:i|we) (?:can )?accept", r"sounds good", r"(?:that )?works for me", r"let'?s do it",
+# An acceptance may carry one adverb or a modal ("I completely agree", "we will accept") or an attitude ("I'm happy
+# to accept"): the forms SmolLM2-135M writes (issue 16); advice ("You should accept") is none of them.
+AGREE = _phrases(r"(?:i|we) (?:\w+ )?agree", r"agreed", r"(?:it'?s|we have) a deal", r"^deal",
+                 r"(?:i|we) (?:\w+ )?accept", r"(?:i'?m|i am|we'?re|we are) (?:happy|glad|willing|ready) to "
+                 r"(?:agree|accept)", r"sounds good", r"(?:that )?works for me", r"let'?s do it",
                  r"let'?s go with", r"i'?m on board", r"count me in")
-REFUSE = _phrases(r"(?:don'?t|do not|can'?t|cannot|won'?t|will not|not) (?:yet )?(?:agree|accept)\w*",
+REFUSE = _phrases(r"(?:don'?t|do not|can'?t|cannot|won'?t|will not|not|never) (?:\w+ )?(?:agree|accept)\w*",
                   r"disagree\w*", r"no deal", r"reject\w*", r"not agreed", r"unacceptable", r"not acceptable",
                   # a qualified acceptance is a counter-proposal: SmolLM2 trained on the older rule learned to open
                   # every turn "I agree, but ..." (issue 16, bench/learning.py)
@@ -125,11 +130,11 @@ def ca_breakdown(completion: str, names: Sequence[str]) -> tuple[int, int, str]:
   n_words = len(_WORD.findall(completion.lower()))
   if n_words < MIN_WORDS:
     return 0, total, f"only {n_words} words (< {MIN_WORDS})"
-  covered = sum(len(h) >= 2 for h in hits.values())
+  covered = sum(len(h) >= MIN_CUES for h in hits.values())
   low = completion.lower()
   everyone = bool(STAKEHOLDERS.search(low)) or (len(names) == 2 and all(n in low for n in names))
   why = ", ".join(f"{a} {len(h)} [{', '.join(h)}]" for a, h in hits.items())
-  return min(5, covered + int(everyone)), total, (f"{why}; aspects with >= 2 cues: {covered}; "
+  return min(5, covered + int(everyone)), total, (f"{why}; aspects with >= {MIN_CUES} cues: {covered}; "
                                                    f"all stakeholders addressed: {'yes' if everyone else 'no'}")
 
 
