@@ -190,12 +190,12 @@ def prefix_units(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: i
   segment: the prefix carries no loss, and its keys and values (computed once, gradient summed over the rows that
   read them) are what each row would have computed itself. Greedy over rows in token order: a row joins the group
   while that does not lower the tokens saved and the group still fits in `length`."""
+  if not share:
+    return [(0, [i]) for i in keep]
   used = np.asarray(batch["positions_BxT"]) >= 0
   mask = np.asarray(batch["loss_mask_BxT"]) > 0
   tokens = np.asarray(batch["tokens_BxT"])
   n = {i: int(used[i].sum()) for i in keep}
-  if not share:
-    return [(0, [i]) for i in keep]
   seqs = {i: tokens[i, :n[i]] for i in keep}
   cap = {i: max(0, (int(np.argmax(mask[i])) if mask[i].any() else n[i]) - 1) for i in keep}
   order = sorted(keep, key=lambda i: (tuple(seqs[i][:cap[i]]), i))
@@ -227,7 +227,8 @@ def pack_layout(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: in
 
 
 def pack(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, length: int, num_seqs: int | None = None,
-         multiple: int = 1, pad_id: int = 0, share_prefix: bool = True) -> dict[str, np.ndarray]:
+         multiple: int = 1, pad_id: int = 0, share_prefix: bool = True,
+         plan: list[list[Unit]] | None = None) -> dict[str, np.ndarray]:
   """The rows `keep` of a prepared padded batch (rl/loss.py:prepare_batch) packed into (S, length) sequences.
 
   S is the packing's count rounded up to `multiple`, or `num_seqs` (at least that count; hosts agree on it).
@@ -237,7 +238,7 @@ def pack(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, length: int, n
   """
   keep = [int(i) for i in keep]
   used = np.asarray(batch["positions_BxT"]) >= 0
-  plan = pack_layout(batch, keep, length, share_prefix)
+  plan = pack_layout(batch, keep, length, share_prefix) if plan is None else plan  # a caller's, when it has one
   s = -(-max(len(plan), 1) // multiple) * multiple
   if num_seqs is not None:
     if num_seqs < len(plan):

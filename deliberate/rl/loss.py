@@ -94,11 +94,11 @@ def packed_batch(trained: Sequence[batch_lib.Row], adv: np.ndarray, cfg: LossCon
           np.flatnonzero(full["advantages_B"] != 0) if skip_zero else np.arange(len(trained)))
   if not agree_max(len(keep))[0]:
     return None
-  n = len(batch_lib.pack_layout(full, keep, length, share_prefix)) if len(keep) else 1
-  s, = agree_max(-(-n // multiple) * multiple)
+  plan = batch_lib.pack_layout(full, keep, length, share_prefix) if len(keep) else None
+  s, = agree_max(-(-(len(plan) if plan else 1) // multiple) * multiple)
   if full is None:  # this host has nothing, another has: padding sequences
     full = prepare_batch(batch_lib.collate([], adv, pad_id=pad_id, length=1, batch=1), cfg)
-  return batch_lib.pack(full, keep, length=length, num_seqs=s, pad_id=pad_id, share_prefix=share_prefix)
+  return batch_lib.pack(full, keep, length=length, num_seqs=s, pad_id=pad_id, share_prefix=share_prefix, plan=plan)
 
 
 def _per_row(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:
