@@ -42,7 +42,8 @@ def train(seed: int, steps: int, workdir: str, backend: str, extra: list[str]) -
          "--workdir", workdir, f"--config.seed={seed}", f"--config.num_steps={steps}",
          f"--config.optim.total_steps={steps}", f"--config.checkpoint_every={steps}",
          f"--config.judge.embedded_backend={backend}",
-         f"--config.compilation_cache_dir={os.path.join(os.path.dirname(workdir), 'xla-cache')}", *extra]
+         f"--config.compilation_cache_dir={os.path.join(os.path.dirname(workdir), 'xla-cache')}",
+         *(MODEL_JUDGE if backend == "model" else ()), *extra]
   t0 = time.time()
   with open(workdir + ".log", "w") as log:
     subprocess.run(cmd, check=True, stdout=log, stderr=subprocess.STDOUT, cwd=ROOT)
@@ -83,12 +84,28 @@ def table(runs: dict[str, dict[str, np.ndarray]]) -> str:
   return "\n".join(lines)
 
 
+ANSWER_FAILURES = ("unparseable", "length", "null_content")  # an answer came back and could not be read
+
+
 def parse_report(runs: dict[str, dict[str, np.ndarray]]) -> str:
-  req = sum(np.nansum(m.get("judge/requests", [0])) for m in runs.values())
-  fail = sum(np.nansum(m.get("judge/failures", [0])) for m in runs.values())
-  retries = sum(np.nansum(m.get("judge/retries", [0])) for m in runs.values())
-  return (f"judge answers: {req:.0f} requests, {fail:.0f} failed after retries ({retries:.0f} retries): "
-          f"{100 * (1 - fail / max(req, 1)):.1f}% parsed")
+  """How often the policy's judge answers parse: of the answers that came back (requests less transport failures),
+  those read as a verdict or score; failures by reason."""
+  total = lambda key: sum(float(np.nansum(m.get(key, [0]))) for m in runs.values())
+  req, fail = total("judge/requests"), total("judge/failures")
+  reasons = {k[len("judge/failures/"):]: total(k) for m in runs.values() for k in m if k.startswith("judge/failures/")}
+  unread = sum(v for k, v in reasons.items() if k in ANSWER_FAILURES)
+  answered = req - (fail - unread)
+  return (f"judge answers: {req:.0f} requests, {answered:.0f} answered, {answered - unread:.0f} parsed "
+          f"({100 * (answered - unread) / max(answered, 1):.1f}% of answers; {total('judge/parse_retries'):.0f} "
+          f"parse retries, {total('judge/truncated'):.0f} cut at max_tokens); failures by reason: "
+          f"{ {k: int(v) for k, v in sorted(reasons.items()) if v} }")
+
+
+# The policy judging itself on CPU: a 512-token judge answer at batch 8 takes minutes on 2 cores, past the 60 s
+# timeout, and a timed-out request is re-sent while the server still works on it. Short answers (the rubrics end
+# with a one-word verdict line), no length retry, and a long timeout; parse retries as configured by default.
+MODEL_JUDGE = ("--config.judge.max_tokens=96", "--config.judge.length_retry_max_tokens=0",
+               "--config.judge.timeout_s=1800", "--config.judge.max_retries=1")
 
 
 def main(argv=None) -> int:

@@ -31,7 +31,9 @@ TRUNCATED_TURN_FRACTION = "negotiation/truncated_turn_fraction"
 JUDGE_FAILURES = "negotiation/judge_failures"
 
 # Judge client counters (per step) and timings.
-JUDGE_COUNTERS = ("judge/requests", "judge/failures", "judge/cache_hits", "judge/cache_misses", "judge/retries")
+JUDGE_COUNTERS = ("judge/requests", "judge/failures", "judge/cache_hits", "judge/cache_misses", "judge/retries",
+                  "judge/truncated", "judge/parse_retries")
+JUDGE_FAILURES_BY_REASON = "judge/failures/"  # prefix: final failures by reason, e.g. judge/failures/parse
 JUDGE_LABEL = "judge/label"  # not a number: written to records, printed on the progress line
 
 TIME_ROLLOUT = "time/rollout_s"

@@ -86,8 +86,8 @@ def skip_zero_advantage(rl: ml_collections.ConfigDict) -> bool:
 
 
 def step_batch(rows, adv: np.ndarray, *, pad_id: int, multiple: int, loss_cfg: loss_lib.LossConfig,
-               skip_zero: bool, add_reference=lambda b: b, pack_length: int = 0, share_prefix: bool = True
-               ) -> dict[str, np.ndarray] | None:
+               skip_zero: bool, add_reference=lambda b: b, pack_length: int = 0, share_prefix: bool = True,
+               pack_targets: int = 0) -> dict[str, np.ndarray] | None:
   """The prepared batch of a step's trained rows, bucketed to (B, T) agreed across hosts (or packed into sequences
   of `pack_length`: rl/loss.py:packed_batch); None when no host has a row to train. With `skip_zero`, rows of zero
   advantage are left out after the normaliser is computed over all of them (rl/batch.py:select), so the update is
@@ -95,7 +95,8 @@ def step_batch(rows, adv: np.ndarray, *, pad_id: int, multiple: int, loss_cfg: l
   trained = [r for r in rows if r.trained]
   if pack_length:
     return loss_lib.packed_batch(trained, adv, loss_cfg, length=pack_length, pad_id=pad_id, multiple=multiple,
-                                 skip_zero=skip_zero, add_reference=add_reference, share_prefix=share_prefix)
+                                 skip_zero=skip_zero, add_reference=add_reference, share_prefix=share_prefix,
+                                 targets=pack_targets)
   if not skip_zero:
     if not agree_max(len(trained))[0]:
       return None
@@ -209,7 +210,8 @@ class Trainer:
                       multiple=shards * self.config.rl.micro_batches, loss_cfg=self.step_config.loss,
                       skip_zero=skip_zero_advantage(self.config.rl), add_reference=self.runner.add_reference,
                       pack_length=self.config.rl.get("pack_length", 0),
-                      share_prefix=self.config.rl.get("share_prefix", True))
+                      share_prefix=self.config.rl.get("share_prefix", True),
+                      pack_targets=self.config.rl.get("pack_targets", 0))
 
   def train_one_step(self) -> dict[str, float]:
     c = self.config
@@ -237,7 +239,8 @@ class Trainer:
     metrics.update({f"advantage/{k}": v for k, v in adv_stats.items()})
     judge_after = self.judge.metrics()
     metrics.update({k: v for k, v in judge_after.items() if "latency" in k})
-    for k in M.JUDGE_COUNTERS:
+    counters = [*M.JUDGE_COUNTERS, *(k for k in judge_after if k.startswith(M.JUDGE_FAILURES_BY_REASON))]
+    for k in counters:  # this step's share; failures by reason too ('parse', 'length', 'timeout', ...)
       metrics[k] = judge_after.get(k, 0) - judge_before.get(k, 0)
     t1 = time.time()
     batch = self._batch(rollout, adv)

@@ -72,6 +72,21 @@ def _value_and_grads(fn, params, b, cfg):
   return float(value), grads, loss_lib.finalize_metrics(metrics)
 
 
+def test_no_sequence_holds_more_targets_than_its_budget_and_an_oversized_row_names_the_field():
+  """The budget is the step's fixed output-layer bound (rl/step.py), so the packer must never exceed it."""
+  cfg = loss_lib.LossConfig()
+  kw = dict(pad_id=0, multiple=1, loss_cfg=cfg, skip_zero=False, pack_length=LENGTH)
+  for budget in (8, 12, 0):
+    packed = trainer.step_batch(_rows(), ADV, pack_targets=budget, **kw)
+    per_seq = packed["loss_mask_BxT"].sum(-1)
+    assert per_seq.max() <= batch_lib.targets_budget(LENGTH, budget), (budget, per_seq)
+    assert packed["loss_mask_BxT"].sum() == sum(len(r.response_ids) for r in _rows())
+  assert trainer.step_batch(_rows(), ADV, pack_targets=8, **kw)["tokens_BxT"].shape[0] > \
+      trainer.step_batch(_rows(), ADV, pack_targets=0, **kw)["tokens_BxT"].shape[0]
+  with pytest.raises(ValueError, match="config.rl.pack_targets=4"):
+    trainer.step_batch(_rows(), ADV, pack_targets=4, **kw)
+
+
 @pytest.mark.parametrize("skip_zero", [False, True])
 @pytest.mark.parametrize("mode", loss_lib.NORM_MODES)
 def test_packed_and_padded_give_the_same_loss_and_gradient(params, mode, skip_zero):

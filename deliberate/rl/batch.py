@@ -155,20 +155,36 @@ def select(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, batch_size: 
   return out
 
 
-def pack_plan(lengths: Sequence[int], length: int) -> list[list[int]]:
-  """First-fit decreasing: the indices of the items each sequence of `length` tokens holds (longest first)."""
+def targets_budget(length: int, targets: int = 0) -> int:
+  """The most target tokens one packed sequence of `length` holds (`config.rl.pack_targets`; 0: a quarter of it).
+
+  Fixed for a run, it is also the step's static targets bound, where the output layer runs: so that bound never
+  changes from step to step and a packed step never compiles a new program."""
+  return min(length - 1, targets or max(16, length // 4 // 16 * 16))
+
+
+def pack_plan(lengths: Sequence[int], length: int, targets: Sequence[int] | None = None,
+              budget: int | None = None) -> list[list[int]]:
+  """First-fit decreasing: the indices of the items each sequence of `length` tokens (and at most `budget`
+  targets) holds, longest first."""
+  targets = targets if targets is not None else [0] * len(lengths)
+  budget = budget if budget is not None else length
   bins: list[list[int]] = []
-  room: list[int] = []
+  room: list[list[int]] = []  # [tokens, targets] left
   for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
     if lengths[i] > length:
       raise ValueError(f"config.rl.pack_length={length}: a training row of {lengths[i]} tokens does not fit; raise it")
-    j = next((j for j, r in enumerate(room) if r >= lengths[i]), None)
+    if targets[i] > budget:
+      raise ValueError(f"config.rl.pack_targets={budget}: a training row has {targets[i]} target tokens, more than "
+                       f"a packed sequence holds; raise it")
+    j = next((j for j, (r, k) in enumerate(room) if r >= lengths[i] and k >= targets[i]), None)
     if j is None:
       bins.append([])
-      room.append(length)
+      room.append([length, budget])
       j = len(bins) - 1
     bins[j].append(i)
-    room[j] -= lengths[i]
+    room[j][0] -= lengths[i]
+    room[j][1] -= targets[i]
   return bins
 
 
@@ -181,21 +197,23 @@ def _common(a: np.ndarray, b: np.ndarray) -> int:
   return int(diff[0]) if len(diff) else n
 
 
-def prefix_units(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: int, share: bool = True
-                 ) -> list[Unit]:
+def prefix_units(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: int, share: bool = True,
+                 budget: int | None = None) -> list[Unit]:
   """Rows grouped by a shared prompt prefix (the G dialogues of a group, the turns of one agent share its system
   message and the dilemma), each group with the prefix length its rows share.
 
   A row shares at most up to the token before its first target, so every target's predecessor is in the row's own
   segment: the prefix carries no loss, and its keys and values (computed once, gradient summed over the rows that
   read them) are what each row would have computed itself. Greedy over rows in token order: a row joins the group
-  while that does not lower the tokens saved and the group still fits in `length`."""
+  while that does not lower the tokens saved and the group still fits in `length` tokens and `budget` targets."""
   if not share:
     return [(0, [i]) for i in keep]
   used = np.asarray(batch["positions_BxT"]) >= 0
   mask = np.asarray(batch["loss_mask_BxT"]) > 0
   tokens = np.asarray(batch["tokens_BxT"])
   n = {i: int(used[i].sum()) for i in keep}
+  n_targets = {i: int(mask[i].sum()) for i in keep}
+  budget = length if budget is None else budget
   seqs = {i: tokens[i, :n[i]] for i in keep}
   cap = {i: max(0, (int(np.argmax(mask[i])) if mask[i].any() else n[i]) - 1) for i in keep}
   order = sorted(keep, key=lambda i: (tuple(seqs[i][:cap[i]]), i))
@@ -205,7 +223,8 @@ def prefix_units(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: i
       shared, rows = units[-1]
       new = min(shared if len(rows) > 1 else cap[rows[0]], cap[i], _common(seqs[rows[-1]], seqs[i]))
       size = new + sum(n[r] - new for r in rows) + n[i] - new
-      if new > 0 and len(rows) * new >= (len(rows) - 1) * shared and size <= length:
+      fits = size <= length and sum(n_targets[r] for r in rows) + n_targets[i] <= budget
+      if new > 0 and len(rows) * new >= (len(rows) - 1) * shared and fits:
         units[-1] = (new, rows + [i])
         continue
     units.append((0, [i]))
@@ -217,17 +236,19 @@ def unit_length(unit: Unit, lengths: Mapping[int, int]) -> int:
   return shared + sum(lengths[r] - shared for r in rows)
 
 
-def pack_layout(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: int, share_prefix: bool = True
-                ) -> list[list[Unit]]:
-  """The units (`prefix_units`) each packed sequence holds."""
+def pack_layout(batch: Mapping[str, np.ndarray], keep: Sequence[int], length: int, share_prefix: bool = True,
+                budget: int | None = None) -> list[list[Unit]]:
+  """The units (`prefix_units`) each packed sequence holds: at most `length` tokens and `budget` targets each."""
   used = np.asarray(batch["positions_BxT"]) >= 0
+  mask = np.asarray(batch["loss_mask_BxT"]) > 0
   lengths = {int(i): int(used[i].sum()) for i in keep}
-  units = prefix_units(batch, [int(i) for i in keep], length, share_prefix)
-  return [[units[j] for j in b] for b in pack_plan([unit_length(u, lengths) for u in units], length)]
+  units = prefix_units(batch, [int(i) for i in keep], length, share_prefix, budget)
+  targets = [int(sum(mask[r].sum() for r in rows)) for _, rows in units]
+  return [[units[j] for j in b] for b in pack_plan([unit_length(u, lengths) for u in units], length, targets, budget)]
 
 
 def pack(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, length: int, num_seqs: int | None = None,
-         multiple: int = 1, pad_id: int = 0, share_prefix: bool = True,
+         multiple: int = 1, pad_id: int = 0, share_prefix: bool = True, budget: int | None = None,
          plan: list[list[Unit]] | None = None) -> dict[str, np.ndarray]:
   """The rows `keep` of a prepared padded batch (rl/loss.py:prepare_batch) packed into (S, length) sequences.
 
@@ -238,7 +259,7 @@ def pack(batch: Mapping[str, np.ndarray], keep: Sequence[int], *, length: int, n
   """
   keep = [int(i) for i in keep]
   used = np.asarray(batch["positions_BxT"]) >= 0
-  plan = pack_layout(batch, keep, length, share_prefix) if plan is None else plan  # a caller's, when it has one
+  plan = pack_layout(batch, keep, length, share_prefix, budget) if plan is None else plan  # a caller's, if it has one
   s = -(-max(len(plan), 1) // multiple) * multiple
   if num_seqs is not None:
     if num_seqs < len(plan):

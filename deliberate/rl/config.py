@@ -39,6 +39,8 @@ def default_config() -> ml_collections.ConfigDict:
   c.pack_length = 0                # > 0: rows are packed into sequences of this many tokens (segment ids keep
                                    # attention within a row): fixed train shapes, no bucket padding. 0: each row
                                    # padded to the batch's length bucket
+  c.pack_targets = 0               # packed: most target tokens a sequence holds (0: pack_length // 4). Fixed, it is
+                                   # the step's output-layer bound, so packed steps never recompile
   c.share_prefix = True            # packed: rows sharing a prompt prefix (one agent's turns in a group: its
                                    # system message and the dilemma) attend to one copy of it, computed once
   c.lora_dtype = "float32"         # the adapter path's dtype; bfloat16 loses small updates, as a merge into bf16 does
@@ -64,8 +66,8 @@ def validate(c: ml_collections.ConfigDict, prefix: str = "config.rl") -> None:
   if c.norm_mode == "constant" and c.norm_constant <= 0:
     raise ValueError(f"{prefix}.norm_constant: must be > 0 in 'constant' mode")
   for f in ("clip_eps_low", "clip_eps_high", "beta", "lora_rank", "token_chunk", "mesh_data", "mesh_fsdp",
-            "pack_length"):
-    if c[f] < 0:
+            "pack_length", "pack_targets"):
+    if c.get(f, 0) < 0:
       raise ValueError(f"{prefix}.{f}: must be >= 0, got {c[f]}")
   for f in ("micro_batches",):
     if c[f] < 1:

@@ -84,21 +84,23 @@ def prepare_batch(batch: Mapping[str, Any], cfg: LossConfig) -> dict[str, np.nda
 
 
 def packed_batch(trained: Sequence[batch_lib.Row], adv: np.ndarray, cfg: LossConfig, *, length: int, pad_id: int,
-                 multiple: int, skip_zero: bool, add_reference=lambda b: b, share_prefix: bool = True
-                 ) -> dict[str, np.ndarray] | None:
+                 multiple: int, skip_zero: bool, add_reference=lambda b: b, share_prefix: bool = True,
+                 targets: int = 0) -> dict[str, np.ndarray] | None:
   """A step's trained rows prepared over the whole batch (normaliser, weights), then packed into (S, length)
-  sequences, S agreed across hosts; with `skip_zero` only rows of non-zero advantage are packed. None when no host
-  has a row to pack."""
+  sequences of at most `batch.targets_budget(length, targets)` targets each, S agreed across hosts; with
+  `skip_zero` only rows of non-zero advantage are packed. None when no host has a row to pack."""
   full = prepare_batch(add_reference(batch_lib.collate(trained, adv, pad_id=pad_id)), cfg) if trained else None
   keep = (np.zeros(0, np.int64) if full is None else
           np.flatnonzero(full["advantages_B"] != 0) if skip_zero else np.arange(len(trained)))
   if not agree_max(len(keep))[0]:
     return None
-  plan = batch_lib.pack_layout(full, keep, length, share_prefix) if len(keep) else None
+  budget = batch_lib.targets_budget(length, targets)
+  plan = batch_lib.pack_layout(full, keep, length, share_prefix, budget) if len(keep) else None
   s, = agree_max(-(-(len(plan) if plan else 1) // multiple) * multiple)
   if full is None:  # this host has nothing, another has: padding sequences
     full = prepare_batch(batch_lib.collate([], adv, pad_id=pad_id, length=1, batch=1), cfg)
-  return batch_lib.pack(full, keep, length=length, num_seqs=s, pad_id=pad_id, share_prefix=share_prefix, plan=plan)
+  return batch_lib.pack(full, keep, length=length, num_seqs=s, pad_id=pad_id, share_prefix=share_prefix,
+                        budget=budget, plan=plan)
 
 
 def _per_row(batch: Mapping[str, jax.Array]) -> tuple[jax.Array, jax.Array, jax.Array]:

@@ -170,4 +170,5 @@ def step_config(rl: ml_collections.ConfigDict, model, temperature: float) -> ste
                              norm_mode=rl.norm_mode, norm_constant=rl.norm_constant,
                              old_logprobs=rl.old_logprobs)
   return step_lib.StepConfig(model=model, loss=loss, lora=lora, num_micro_batches=rl.micro_batches, remat=rl.remat,
-                             token_chunk=rl.token_chunk or None, temperature=temperature)
+                             token_chunk=rl.token_chunk or None, temperature=temperature,
+                             pack_targets=rl.get("pack_targets", 0))

@@ -27,7 +27,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from deliberate.mesh import BATCH_AXES, agree_max, make_mesh  # noqa: F401  (make_mesh: the one mesh helper)
 from deliberate.model.config import ModelConfig
 from deliberate.rl import logprobs, lora
-from deliberate.rl.batch import graph_batch
+from deliberate.rl.batch import graph_batch, targets_budget
 from deliberate.rl import loss as loss_lib
 
 State = dict[str, Any]
@@ -43,7 +43,8 @@ class StepConfig:
   token_chunk: int | None = None       # output-layer chunk (packed positions per row); None: all at once
   recompute: bool = True               # recompute output-layer logits in the backward pass
   temperature: float = 1.0             # sampling temperature of the trained tokens (log-probs of logits / T)
-  targets_multiple: int = 16           # rounding of the static targets-per-row bound
+  targets_multiple: int = 16           # rounding of the static targets-per-row bound (padded batches)
+  pack_targets: int = 0                # packed batches: the fixed bound (rl/batch.py:targets_budget)
   rows_per_call: int = 0               # rows (per host) of one gradient call; 0: the whole batch (a packed batch:
                                        # one sequence per shard and micro-batch), see `_call_rows`
 
@@ -129,14 +130,17 @@ def _calls(batch: Mapping[str, np.ndarray], r: int) -> list[dict[str, np.ndarray
   return [{n: np.asarray(x)[i:i + r] for n, x in g.items()} for i in range(0, rows, r)]
 
 
-def _targets_bound(batch: Mapping[str, np.ndarray], cfg: StepConfig, seen: dict) -> int:
-  """The static targets-per-row bound K. Packed batches (fixed T) round it up to a power-of-two multiple and never
-  lower it within a run, so steps after the first few reuse their programs."""
+def _targets_bound(batch: Mapping[str, np.ndarray], cfg: StepConfig) -> int:
+  """The static targets-per-row bound K. Packed batches (fixed T) use the packer's fixed budget, so every step of a
+  run reuses its programs; padded ones round the batch's own count up (a new bucket compiles)."""
   k = logprobs.targets_per_row(batch["loss_mask_BxT"], cfg.targets_multiple)
   if "segments_BxT" in batch:
-    t = batch["tokens_BxT"].shape[1]
-    k = min(t - 1, cfg.targets_multiple * (1 << max(0, math.ceil(math.log2(k / cfg.targets_multiple)))))
-    k = seen["k"] = max(k, seen.get("k", 0))
+    budget = targets_budget(batch["tokens_BxT"].shape[1], cfg.pack_targets)
+    most = int((np.asarray(batch["loss_mask_BxT"]) > 0).sum(-1).max())
+    if most > budget:
+      raise ValueError(f"packed batch: a sequence holds {most} targets, more than config.rl.pack_targets allows "
+                       f"({budget}); pack with rl/loss.py:packed_batch")
+    return budget
   return k
 
 
@@ -202,12 +206,11 @@ def make_pmap_step(optimizer: optax.GradientTransformation, cfg: StepConfig, dev
                     devices=devices)
   pupdate = jax.pmap(device_update, axis_name="data", donate_argnums=(0,), devices=devices)
   pzeros = jax.pmap(lambda p, f, b, k: _zeros(p, f, b, cfg, k), static_broadcasted_argnums=(3,), devices=devices)
-  seen: dict = {}
 
   def step(state, frozen, batch):
     rows, per_call = batch["tokens_BxT"].shape[0], _call_rows(batch, cfg, n)
     _check_rows(rows, n, cfg, per_call)
-    k, = agree_max(_targets_bound(batch, cfg, seen))
+    k, = agree_max(_targets_bound(batch, cfg))
     split = lambda x: np.asarray(x).reshape(n, x.shape[0] // n, *x.shape[1:])
     # each device's share of the divisor (a fixed shape whatever the rows); psum'd in the gradient call
     count = np.asarray(batch["norm_counts_B"], np.float64).reshape(n, -1).sum(1).astype(np.float32)
@@ -286,7 +289,7 @@ def make_sharded_step(optimizer: optax.GradientTransformation, cfg: StepConfig, 
     rows = batch["tokens_BxT"].shape[0]  # this host's rows: the whole batch on one host
     per_call = _call_rows(batch, cfg, local_devices)
     _check_rows(rows, local_devices, cfg, per_call)
-    k, = agree_max(_targets_bound(batch, cfg, cache))
+    k, = agree_max(_targets_bound(batch, cfg))
     if "update" not in cache:
       shardings = jax.tree.map(lambda x: x.sharding, state)
       grad_shardings = shardings["params"]
