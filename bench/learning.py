@@ -5,8 +5,10 @@ a fixed number of steps per seed and compares the first and the last tenth of th
                                                             # on 2 CPU cores)
   python bench/learning.py --seeds 0 --steps 6 --backend model   # the policy judging itself (shorter run)
 
-Prints per seed and pooled over seeds: agreement rate, mean rounds to agreement, lexicon-CA group min/mean/max (of
-the completions written, i.e. of agreed dialogues) and the truncated-turn fraction, each as mean +- standard error
+Prints per seed and pooled over seeds: agreement rate, mean rounds to agreement (of agreed dialogues: undefined in
+a window without one), mean rounds of all dialogues (one that never agreed counts the turns it ran), programs
+compiled, lexicon-CA group min/mean/max (of the completions written, i.e. of agreed dialogues) and the truncated-turn
+fraction, each as mean +- standard error
 over the steps of the first and the last tenth, and the change in units of its standard error. Writes the paper's
 training-dynamics figure (CA group min/mean/max, agreement rate, rounds; running averages) per seed and pooled as
 PNG. With `--backend model` it also reports how often the policy's judge answers parse. Scores from the lexicon
@@ -31,6 +33,7 @@ from deliberate import metric_names as M  # noqa: E402
 from deliberate.plots import figures  # noqa: E402
 
 ROWS = ((M.AGREEMENT_RATE, "agreement rate", +1), (M.ROUNDS_TO_AGREEMENT, "rounds to agreement", -1),
+        (M.ROUNDS_ALL, "rounds, all dialogues", -1), (M.COMPILES, "programs compiled", -1),
         (M.CA_GROUP_MIN, "CA group min", +1), (M.CA_GROUP_MEAN, "CA group mean", +1),
         (M.CA_GROUP_MAX, "CA group max", +1), (M.TRUNCATED_TURN_FRACTION, "truncated-turn fraction", -1),
         ("advantage/zero_advantage_frac", "zero-advantage fraction", -1))

@@ -22,7 +22,8 @@ CA_FAILED = "ca/failed"
 # Negotiation.
 DIALOGUES = "negotiation/dialogues"
 AGREEMENT_RATE = "negotiation/agreement_rate"
-ROUNDS_TO_AGREEMENT = "negotiation/mean_rounds_to_agreement"
+ROUNDS_TO_AGREEMENT = "negotiation/mean_rounds_to_agreement"  # over agreed dialogues (undefined with none)
+ROUNDS_ALL = "negotiation/mean_rounds"    # over every judged dialogue; one that never agreed counts the turns it ran
 FAILED_NEGOTIATION_FRACTION = "negotiation/failed_negotiation_fraction"
 JUDGE_FAILED_FRACTION = "negotiation/judge_failed_fraction"
 EXCLUDED = "negotiation/excluded"
@@ -50,3 +51,4 @@ SKIPPED_NO_ROWS = "skipped_no_rows"
 SKIPPED_NO_SIGNAL = "skipped_no_signal"      # every advantage 0: no update
 COMPILES = "compile/programs"                # programs compiled during the step
 COMPILE_S = "compile/seconds"
+NEW_SAMPLER_SHAPES = "compile/new_sampler_shapes"  # (sampling params, U, P, B) buckets the sampler met first this step

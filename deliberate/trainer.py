@@ -217,6 +217,7 @@ class Trainer:
     c = self.config
     seed_of = lambda s: int(jax.random.randint(jax.random.fold_in(jax.random.key(c.seed), s), (), 0, 2**31 - 1))
     compiles_before, compile_s_before = _COMPILES["n"], _COMPILES["s"]
+    shapes_before = len(self.engine.compiled_shapes)
     if self._first_step:
       print(COMPILE_NOTICE, file=sys.stderr, flush=True)
     progress(f"step {self.step + 1}/{c.num_steps}: rolling out {self.config.data.prompts_per_step} prompts")
@@ -266,6 +267,7 @@ class Trainer:
     self._first_step = False
     metrics[COMPILES] = _COMPILES["n"] - compiles_before
     metrics[COMPILE_S] = _COMPILES["s"] - compile_s_before
+    metrics[M.NEW_SAMPLER_SHAPES] = len(self.engine.compiled_shapes) - shapes_before
     judge_s = metrics.get(M.TIME_JUDGE, 0.0)
     metrics.update({M.TIME_ROLLOUT: t_rollout, M.TIME_JUDGE: judge_s, M.TIME_SAMPLE: t_rollout - judge_s,
                     M.LR: float(self.schedule(self.step))})

@@ -70,6 +70,7 @@ def test_every_branch(tiny_policy, tiny_tokenizer, judge, overlap, scheduler):
   m = metrics.step_metrics(dialogues, cfg.group_size)
   assert m["negotiation/agreement_rate"] == pytest.approx(6 / 8)  # of the 8 with every verdict
   assert m["negotiation/mean_rounds_to_agreement"] == pytest.approx((1 + 1 + 3 + 3 + 1 + 1) / 6)
+  assert m["negotiation/mean_rounds"] == pytest.approx((1 + 1 + 3 + 3 + 4 + 4 + 1 + 1) / 8)  # 'never' ran 4
   assert m["negotiation/judge_failures"] == 4
   assert m["reward/zero_advantage_fraction"] == 1.0  # every surviving group has equal rewards
   # Training rows: excluded dialogues give none; every turn is a row aligned with its sampling log-probs.

@@ -39,6 +39,7 @@ def step_metrics(dialogues: Sequence[Dialogue], group_size: int) -> dict[str, fl
       "negotiation/dialogues": n,
       "negotiation/agreement_rate": len(agreed) / max(len(judged), 1),
       "negotiation/mean_rounds_to_agreement": float(np.mean([d.rounds for d in agreed])) if agreed else float("nan"),
+      "negotiation/mean_rounds": float(np.mean([d.rounds for d in judged])) if judged else float("nan"),
       "negotiation/failed_negotiation_fraction": sum(not d.agreed and not d.failed for d in dialogues) / max(n, 1),
       "negotiation/judge_failed_fraction": sum(d.failed for d in dialogues) / max(n, 1),
       "negotiation/excluded": sum(d.excluded for d in dialogues),

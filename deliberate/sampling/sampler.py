@@ -179,7 +179,7 @@ def _rope(x_BxTxHxD: jax.Array, cos_BxTx1xR: jax.Array, sin_BxTx1xR: jax.Array) 
   return out.astype(x_BxTxHxD.dtype)
 
 
-def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=None):
+def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=None, slot=None):
   """One decoder layer on T new tokens per row; returns (x, the new tokens' (keys, values) [B, K, T, D]).
 
   With a cache (one token per row, T = 1) the token attends to the cache's slots under the mask and to itself; the
@@ -203,9 +203,16 @@ def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=No
   q = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   keys, values = (k, v) if cache is None else cache
+  if slot is not None:  # write the token's keys/values first, then attend over the cache, its own slot included
+    keys, values = (jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, slot, 0))
+                    for buf, new in ((keys, k), (values, v)))
   scores = jnp.einsum("bkqd,bksd->bkqs", q, keys, preferred_element_type=jnp.float32) / math.sqrt(hd)
   scores = jnp.where(mask_BxTxS[:, None, None], scores.reshape(b, kvh, g, t, -1), _NEG_INF)
-  if cache is None:
+  if slot is not None:
+    probs = jax.nn.softmax(scores, axis=-1).astype(cdt).reshape(b, kvh, g * t, -1)
+    attn = jnp.einsum("bkqs,bksd->bkqd", probs, values, preferred_element_type=jnp.float32).astype(cdt)
+    k, v = keys, values
+  elif cache is None:
     probs = jax.nn.softmax(scores, axis=-1).astype(cdt).reshape(b, kvh, g * t, -1)
     attn = jnp.einsum("bkqs,bksd->bkqd", probs, values)
   else:  # one new token, which attends to the cache's masked slots and to itself (no concatenated copy of the cache)
@@ -245,10 +252,9 @@ def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, ca
     kv_out = []
     for i, lp in enumerate(params["layers"]):
       x_BxTxD, kv = layer(lp, ab_layers[i] if ab_layers is not None else None, x_BxTxD=x_BxTxD,
-                          cache=caches[i] if caches is not None else None)
-      if caches is not None:
-        kv = tuple(write(buf, new, (0, 0, slot, 0)) for buf, new in zip(caches[i], kv))
-        kv = tuple(constrain(x) for x in kv) if constrain is not None else kv
+                          cache=caches[i] if caches is not None else None, slot=slot if caches is not None else None)
+      if caches is not None and constrain is not None:
+        kv = tuple(constrain(x) for x in kv)
       kv_out.append(kv)
   elif caches is None:
     def body(x, xs):
@@ -317,7 +323,8 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
 
   def body(state):  # feed token i-1 (into slot P + i - 1) and draw token i
     i, token_B, done_B, caches, out = state
-    mask_Bx1xS = ((slots_S < prompt_lens_B[:, None]) | ((slots_S >= p) & (slots_S < p + i - 1)))[:, None]
+    own = 0 if stacked else 1  # split: the token's own slot is written before the attention reads the cache
+    mask_Bx1xS = ((slots_S < prompt_lens_B[:, None]) | ((slots_S >= p) & (slots_S < p + i - 1 + own)))[:, None]
     x = jnp.take(params["embed"], token_B, axis=0).astype(cdt)[:, None]
     hidden, caches = _forward(params, x, (prompt_lens_B + i - 1)[:, None], mask_Bx1xS, c, caches, p + i - 1,
                               lora=lora, constrain=constrain)
