@@ -35,6 +35,7 @@ JUDGE_FAILURES = "negotiation/judge_failures"
 JUDGE_COUNTERS = ("judge/requests", "judge/failures", "judge/cache_hits", "judge/cache_misses", "judge/retries",
                   "judge/truncated", "judge/parse_retries")
 JUDGE_FAILURES_BY_REASON = "judge/failures/"  # prefix: final failures by reason, e.g. judge/failures/parse
+MODEL_JUDGE_NAME = "deliberate-local-judge (model)"  # the embedded server's model backend: the policy judging itself
 JUDGE_LABEL = "judge/label"  # not a number: written to records, printed on the progress line
 
 TIME_ROLLOUT = "time/rollout_s"

@@ -25,6 +25,8 @@ def progress_line(step: int, num_steps: int, elapsed: float, m: Mapping[str, flo
     value = f"{mean:.3g}" if math.isfinite(mean) and m["ca/scored"] > 0 else "n/a"
     shown.append(f"{label}={value} [scored {m['ca/scored']:.0f}, failed {m.get('ca/failed', 0):.0f}]")
   shown += fmt(_AFTER)
+  if m.get("negotiation/judge_failures", 0) > 0:  # verdicts the judge never gave (the agreement rate leaves them out)
+    shown.append(f"judge_failed={m['negotiation/judge_failures']:.0f}")
   if m.get("skipped_no_signal", 0) > 0:
     shown.append("update skipped: no row with a non-zero advantage")
   return f"[step {step}/{num_steps} | {elapsed:.0f}s] " + " ".join(shown)

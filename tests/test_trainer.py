@@ -184,6 +184,19 @@ def test_progress_line_names_the_judge_and_a_step_without_scores():
   assert "lexicon-CA=n/a [scored 0, failed 4]" in line and "judge_s=1.5" in line and " CA=" not in line
   line = progress_line(2, 3, 10.0, {"ca/group_mean": 2.5, "ca/scored": 3, "ca/failed": 1}, "gpt-4o-mini")
   assert "CA=2.5 [scored 3, failed 1]" in line and "lexicon" not in line
+  # Every agreement verdict failed (SmolLM2 judging itself): no rate of 0, the failures counted.
+  line = progress_line(1, 2, 10.0, {"negotiation/agreement_rate": float("nan"), "negotiation/judge_failures": 8})
+  assert "agree=" not in line and "judge_failed=8" in line
+
+
+def test_a_step_whose_every_verdict_failed_has_no_agreement_rate():
+  from deliberate.negotiation import metrics as neg_metrics
+  from deliberate.negotiation.dialogue import Dialogue, Turn
+  d = Dialogue(index=0, group=0, dilemma={}, pair={}, failed=True, excluded=True)
+  d.turns.append(Turn(agent=1, prompt_ids=[1], response_ids=[2], logprobs=[-1.0], text="x", stop_reason="stop",
+                      judge_failure="unparseable"))
+  m = neg_metrics.step_metrics([d], group_size=1)
+  assert m["negotiation/agreement_rate"] != m["negotiation/agreement_rate"]  # nan, not 0
 
 
 def test_one_step_off_policy_trains_on_the_previous_policys_samples(tmp_path, judge_url):

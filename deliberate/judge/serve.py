@@ -29,6 +29,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
 
+from deliberate import metric_names as M
 from deliberate.judge import lexicon
 
 log = logging.getLogger(__name__)
@@ -107,7 +108,7 @@ class ModelBackend:
         it[-1].set_result(out)
 
 
-def make_model_backend(generate_fn: GenerateFn, *, name: str = "deliberate-local-judge (model)",
+def make_model_backend(generate_fn: GenerateFn, *, name: str = M.MODEL_JUDGE_NAME,
                        max_batch: int = 16, max_wait_s: float = 0.005) -> ModelBackend:
   if not callable(generate_fn):
     raise TypeError(f"make_model_backend: generate_fn must be callable, got {type(generate_fn).__name__}")

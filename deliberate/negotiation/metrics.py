@@ -37,7 +37,8 @@ def step_metrics(dialogues: Sequence[Dialogue], group_size: int) -> dict[str, fl
   judged = [d for d in dialogues if not any(t.judge_failure for t in d.turns)]  # every verdict was had
   m = {
       "negotiation/dialogues": n,
-      "negotiation/agreement_rate": len(agreed) / max(len(judged), 1),
+      # nan when no dialogue had every verdict (a judge that never answered is not a rate of 0)
+      "negotiation/agreement_rate": len(agreed) / len(judged) if judged else float("nan"),
       "negotiation/mean_rounds_to_agreement": float(np.mean([d.rounds for d in agreed])) if agreed else float("nan"),
       "negotiation/mean_rounds": float(np.mean([d.rounds for d in judged])) if judged else float("nan"),
       "negotiation/failed_negotiation_fraction": sum(not d.agreed and not d.failed for d in dialogues) / max(n, 1),

@@ -207,6 +207,8 @@ def judge_name(model: str | None, embedded_backend: str = "") -> str:
   """How a figure names a judge: the deterministic local judge as such, else its model name."""
   if embedded_backend == "lexicon" or (model and "lexicon" in model):
     return LEXICON_LABEL
+  if embedded_backend == "model":  # the embedded server answers under its own name, whatever judge.model says
+    return M.MODEL_JUDGE_NAME
   return model or ""
 
 
