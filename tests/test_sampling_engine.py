@@ -6,7 +6,7 @@ import pytest
 
 from deliberate.model import transformer
 from deliberate.model.config import ModelConfig
-from deliberate.sampling.engine import Request, SamplingEngine, bucket_batch, bucket_length
+from deliberate.sampling.engine import Request, SamplingEngine, bucket_batch, bucket_length, prefix_plan
 from deliberate.sampling.sampler import SamplingParams
 
 CFG = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128)
@@ -154,6 +154,46 @@ def test_deduplicated_prefill_gives_the_tokens_of_separate_prefills(params, engi
   assert (engine.last_stats["unique_prompts"], plain.last_stats["unique_prompts"]) == (2, 8)
   assert [o.tokens for o in got] == [o.tokens for o in want]
   assert len({tuple(o.tokens) for o in got}) == 5
+
+
+def _group_prompts(seed=10):
+  """Two groups of three prompts, each group one long shared head (a system message and dilemma) then its own
+  short tail, and one prompt sharing nothing."""
+  rng = np.random.RandomState(seed)
+  heads = [rng.randint(6, CFG.vocab_size, size=n).tolist() for n in (100, 110)]
+  tails = [rng.randint(6, CFG.vocab_size, size=rng.randint(3, 30)).tolist() for _ in range(6)]
+  return [heads[i % 2] + t for i, t in enumerate(tails)] + [rng.randint(6, CFG.vocab_size, size=40).tolist()]
+
+
+def test_prefix_plan_groups_shared_heads_and_keeps_an_own_id():
+  prompts = [tuple(p) for p in _group_prompts()]
+  prefix_of, cut = prefix_plan(prompts)
+  assert cut == [100, 110, 100, 110, 100, 110, 0]
+  assert prefix_of[0::2][:3] == [prefix_of[0]] * 3 and prefix_of[1::2][:3] == [prefix_of[1]] * 3
+  assert len({prefix_of[0], prefix_of[1], prefix_of[6]}) == 3          # the loner: the empty prefix
+  head = prompts[0][:100]
+  assert prefix_plan([head + (7,), head, head + (8,), head + (9,)])[1] == [99] * 4  # a head alone keeps one id
+  assert prefix_plan([p[:40] for p in prompts[:2]]) is None             # nothing shared
+  assert prefix_plan([head[:40] + (7,), head[:40] + (9,)]) is None      # shared, but whole prefills cost no more
+
+
+@pytest.mark.parametrize("layout", ["split", "stacked"])
+def test_shared_prefix_prefill_gives_the_tokens_of_whole_prefills(params, layout):
+  prompts = _group_prompts()
+  shared = SamplingEngine(params, CFG, layout=layout)
+  whole = SamplingEngine(params, CFG, layout=layout, share_prefixes=False)
+  greedy = SamplingParams(greedy=True, max_new_tokens=6)
+  got = shared.generate(_requests(prompts), greedy, seed=0)
+  assert (shared.last_stats["prefixes"], shared.last_stats["prefix_len"], shared.last_stats["prompt_len"]) == \
+      (4, 128, 64)
+  assert whole.generate(_requests(prompts), greedy, seed=0) and whole.last_stats["prefixes"] == 0
+  if layout == "split":  # the truth: a full forward per token
+    for p, o in zip(prompts, got):
+      assert o.tokens == _naive_greedy(params, p, 6)
+  got, want = shared.generate(_requests(prompts), SP, seed=5), whole.generate(_requests(prompts), SP, seed=5)
+  assert [o.tokens for o in got] == [o.tokens for o in want]
+  np.testing.assert_allclose(np.concatenate([o.logprobs for o in got]),
+                             np.concatenate([o.logprobs for o in want]), atol=1e-5)
 
 
 def test_multi_turn_rollout_compiles_once_per_bucket(params):

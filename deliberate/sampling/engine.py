@@ -1,8 +1,9 @@
 """Host side of sampling: bucketing, prompt de-duplication, compaction and sharding around the jitted sampler.
 
 A rollout asks for many turns of many shapes. Padding the batch and the prompt length to a few buckets bounds the
-number of compiled programs, and prompts shared by several rows (the G dialogues of one dilemma and persona) are
-prefilled once.
+number of compiled programs, prompts shared by several rows (the G dialogues of one dilemma and persona) are
+prefilled once, and so are prompt prefixes shared by several prompts (the system message and dilemma that the G
+dialogues of a group repeat in every later turn): `prefix_plan`.
 """
 from __future__ import annotations
 
@@ -50,6 +51,52 @@ def bucket_length(n: int) -> int:
 
 
 LAYOUTS = ("stacked", "split")
+MIN_SHARED_PREFIX = 32  # ids: a shorter common prefix is not worth its own prefill row
+
+
+def _common(a: Sequence[int], b: Sequence[int]) -> int:
+  n = min(len(a), len(b))
+  diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
+  return int(diff[0]) if len(diff) else n
+
+
+def prefix_plan(prompts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_PREFIX
+                ) -> tuple[list[int], list[int]] | None:
+  """Shared prefixes of distinct prompts, or None when prefilling them whole costs no more.
+
+  Returns (prefix_of, cut): prompt u continues prefix prefix_of[u] after its first cut[u] ids (prompts sorted, then
+  runs of neighbours sharing >= min_shared ids grouped; a prompt in no run gets the empty prefix, -1 is never used).
+  Every prompt keeps at least one id of its own. Chosen when the padded prefill tokens (prefixes plus remainders,
+  at their buckets) are fewer than those of the prompts whole.
+  """
+  u = len(prompts)
+  if u < 2:
+    return None
+  order = sorted(range(u), key=lambda i: tuple(prompts[i]))
+  prefix_of, cut, lengths = [0] * u, [0] * u, []
+  start = 0
+  for k in range(1, u + 1):
+    if k < u and _common(prompts[order[k - 1]], prompts[order[k]]) >= min_shared:
+      continue
+    members = order[start:k]
+    shared = 0
+    if len(members) > 1:
+      shared = min(min(_common(prompts[members[0]], prompts[m]) for m in members[1:]),
+                   min(len(prompts[m]) for m in members) - 1)
+    if shared:
+      lengths.append(shared)
+    for m in members:
+      prefix_of[m], cut[m] = (len(lengths) - 1 if shared else -1), shared
+    start = k
+  if not lengths:
+    return None
+  empty = len(lengths)  # the prefix of prompts that share none
+  prefix_of = [empty if q < 0 else q for q in prefix_of]
+  q = len(lengths) + (empty in prefix_of)
+  shared_cost = (bucket_batch(q) * bucket_length(max(lengths))
+                 + bucket_batch(u) * bucket_length(max(len(p) - c for p, c in zip(prompts, cut))))
+  whole_cost = bucket_batch(u) * bucket_length(max(len(p) for p in prompts))
+  return (prefix_of, cut) if shared_cost < whole_cost else None
 
 
 def _on_mesh(x, mesh: Mesh) -> bool:
@@ -89,8 +136,9 @@ class SamplingEngine:
 
   def __init__(self, params, config: ModelConfig, *, stop_ids: Sequence[int] = (), mesh: Mesh | None = None,
                max_context: int | None = None, dedup_prompts: bool = True, row_axes: Sequence[str] = ("data",),
-               layout: str | None = None, lora=None):
+               layout: str | None = None, lora=None, share_prefixes: bool = True):
     self.config, self.mesh, self.dedup_prompts = config, mesh, dedup_prompts
+    self.share_prefixes = share_prefixes
     self.layout = layout or ("split" if mesh is None else "stacked")
     if self.layout not in LAYOUTS:
       raise ValueError(f"SamplingEngine.layout: {self.layout!r} is not one of {LAYOUTS}")
@@ -108,7 +156,7 @@ class SamplingEngine:
     self.set_params(params, lora)
     self.stop_ids = jnp.asarray(sorted(set(config.eos_ids) | set(stop_ids)) or [-1], jnp.int32)
     self.max_context = max_context or config.max_seq_len
-    self.compiled_shapes: set[tuple] = set()  # (sampling params, U, P, B) programs used so far
+    self.compiled_shapes: set[tuple] = set()  # (sampling params, Q, A, U, P, B) programs used so far
     self._programs: dict[SamplingParams, object] = {}
     self.last_stats: dict[str, int] = {}      # shapes, decode steps and cache bytes of the latest call
 
@@ -170,7 +218,8 @@ class SamplingEngine:
     return NamedSharding(self.mesh, P(self.row_axes, weight_axes or None, None, None))
 
   def cache_bytes(self, b: int, p: int, sp: SamplingParams) -> int:
-    """KV bytes a call holds: the prefill cache of the unique prompts aside, P + N - 1 slots per row."""
+    """KV bytes a call holds: the prefill cache of the unique prompts aside, P + N - 1 slots per row (P: a shared
+    prefix's bucket and the prompt's own)."""
     c = self.config
     slot = 2 * c.n_layers * c.n_kv_heads * c.head_dim * jnp.dtype(c.compute_dtype).itemsize
     return b * (p + max(sp.max_new_tokens - 1, 1)) * slot
@@ -194,12 +243,27 @@ class SamplingEngine:
     src = ([unique.setdefault(ids, len(unique)) for ids in prompts] if self.dedup_prompts
            else list(range(len(prompts))))
     n_rows = len(requests)
+    distinct = [()] * (max(src) + 1)
+    for i, ids in zip(src, prompts):
+      distinct[i] = ids
+    plan = prefix_plan(distinct) if self.share_prefixes else None
+    prefix_args, q, a = (), 0, 0
+    if plan is not None:
+      prefix_of, cut = plan
+      q, a = bucket_batch(max(prefix_of) + 1), bucket_length(max(cut))
+      prefixes_QxA, prefix_lens_Q = np.full((q, a), self.config.pad_id, np.int32), np.ones((q,), np.int32)
+      for ids, j, k in zip(distinct, prefix_of, cut):
+        prefixes_QxA[j, :k], prefix_lens_Q[j] = ids[:k], k
+      distinct = [ids[k:] for ids, k in zip(distinct, cut)]
+      prefix_of_U = np.zeros((bucket_batch(len(distinct)),), np.int32)
+      prefix_of_U[:len(distinct)] = prefix_of
+      prefix_args = (prefixes_QxA, prefix_lens_Q, prefix_of_U)
     b = bucket_batch(n_rows, self.num_devices)
-    u = bucket_batch(max(src) + 1)
-    p = bucket_length(max(len(ids) for ids in prompts))
+    u = bucket_batch(len(distinct))
+    p = bucket_length(max(len(ids) for ids in distinct))
     prompts_UxP = np.full((u, p), self.config.pad_id, np.int32)
     lens_U = np.ones((u,), np.int32)
-    for i, ids in zip(src, prompts):
+    for i, ids in enumerate(distinct):
       prompts_UxP[i, :len(ids)] = ids
       lens_U[i] = len(ids)
     src_B = np.zeros((b,), np.int32)
@@ -208,18 +272,18 @@ class SamplingEngine:
     row_ids_B[:n_rows] = [r.row_id + self.row_offset for r in requests]
     active_B = np.arange(b) < n_rows
     fn = self._programs.setdefault(sp, jitted_sample(self.config, sp, self._cache_sharding()))
-    self.compiled_shapes.add((sp, u, p, b))
+    self.compiled_shapes.add((sp, q, a, u, p, b))
     stops = (self.stop_ids if not stop_ids else
              jnp.asarray(sorted(set(np.asarray(self.stop_ids).tolist()) | set(int(i) for i in stop_ids)), jnp.int32))
-    args = (prompts_UxP, lens_U, src_B, row_ids_B, active_B, np.uint32(seed), stops)
+    args = (prompts_UxP, lens_U, src_B, row_ids_B, active_B, np.uint32(seed), stops, *prefix_args)
     if self.mesh is not None:
       rep, row = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(self.row_axes))
-      args = jax.device_put(args, (rep, rep, row, row, row, rep, rep))
+      args = jax.device_put(args, (rep, rep, row, row, row, rep, rep, *(rep,) * len(prefix_args)))
     out = fn(self._decode_params, self._decode_lora, *args)
     tokens, lps, slps, lengths, reasons, steps = jax.device_get(
         (out.tokens, out.logprobs, out.sampling_logprobs, out.lengths, out.stop_reason, out.steps))
-    self.last_stats = {"batch": b, "unique_prompts": u, "prompt_len": p, "decode_steps": int(steps),
-                       "cache_bytes": self.cache_bytes(b, p, sp)}
+    self.last_stats = {"batch": b, "unique_prompts": u, "prompt_len": p, "prefixes": q, "prefix_len": a,
+                       "decode_steps": int(steps), "cache_bytes": self.cache_bytes(b, a + p, sp)}
     return [Completion(tokens[i, :lengths[i]].tolist(), lps[i, :lengths[i]].tolist(),
                        slps[i, :lengths[i]].tolist(), "stop" if reasons[i] == STOP_EOS else "length")
             for i in range(n_rows)]

@@ -179,8 +179,11 @@ def _rope(x_BxTxHxD: jax.Array, cos_BxTx1xR: jax.Array, sin_BxTx1xR: jax.Array) 
   return out.astype(x_BxTxHxD.dtype)
 
 
-def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=None, slot=None):
+def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=None, slot=None, prefix=None):
   """One decoder layer on T new tokens per row; returns (x, the new tokens' (keys, values) [B, K, T, D]).
+
+  Without a cache the tokens attend to each other (prefill), after the (keys, values) [B, K, A, D] of a `prefix`
+  already prefilled when one is given: the mask is then [B, T, A + T].
 
   With a cache (one token per row, T = 1) the token attends to the cache's slots under the mask and to itself; the
   cache is only read here, never written, so a layer's step costs one read of its cache and no copy of it.
@@ -203,6 +206,8 @@ def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=No
   q = q.reshape(b, t, kvh, g, hd).transpose(0, 2, 3, 1, 4).reshape(b, kvh, g * t, hd)
   k, v = k.transpose(0, 2, 1, 3), v.transpose(0, 2, 1, 3)
   keys, values = (k, v) if cache is None else cache
+  if prefix is not None:  # a prompt's continuation: its shared prefix's keys/values, then its own
+    keys, values = (jnp.concatenate([pre.astype(new.dtype), new], axis=2) for pre, new in zip(prefix, (k, v)))
   if slot is not None:  # write the token's keys/values first, then attend over the cache, its own slot included
     keys, values = (jax.lax.dynamic_update_slice(buf, new.astype(buf.dtype), (0, 0, slot, 0))
                     for buf, new in ((keys, k), (values, v)))
@@ -230,7 +235,7 @@ def _layer(lp, ab, lora, x_BxTxD, cos, sin, mask_BxTxS, c: ModelConfig, cache=No
 
 
 def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, caches=None, slot=None, lora=None,
-             constrain=None):
+             constrain=None, prefix=None):
   """Final-normed hidden states of T new tokens per row, and keys/values.
 
   Without caches the tokens attend to each other (prefill) and their keys/values are returned. With caches (one
@@ -240,7 +245,8 @@ def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, ca
 
   Two layouts, one layer function: `params["layers"]` a list (split: layers unrolled, caches a list of per-layer
   (keys, values) [B, K, S, D]) or the trainer's stacked dict (scanned, caches (keys, values) [L, B, K, S, D], each
-  layer's slice handed to the scan body as an input, so no iteration carries the whole cache).
+  layer's slice handed to the scan body as an input, so no iteration carries the whole cache). A prefill may
+  continue a `prefix` (its keys/values, laid out as the caches are; `_layer`).
   """
   c = config
   angles = positions_BxT[..., None].astype(jnp.float32) * transformer.rope_inv_freq(c)
@@ -252,14 +258,15 @@ def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, ca
     kv_out = []
     for i, lp in enumerate(params["layers"]):
       x_BxTxD, kv = layer(lp, ab_layers[i] if ab_layers is not None else None, x_BxTxD=x_BxTxD,
-                          cache=caches[i] if caches is not None else None, slot=slot if caches is not None else None)
+                          cache=caches[i] if caches is not None else None, slot=slot if caches is not None else None,
+                          prefix=prefix[i] if prefix is not None else None)
       if caches is not None and constrain is not None:
         kv = tuple(constrain(x) for x in kv)
       kv_out.append(kv)
   elif caches is None:
     def body(x, xs):
-      return layer(xs[0], xs[1], x_BxTxD=x)
-    x_BxTxD, kv_out = jax.lax.scan(body, x_BxTxD, (params["layers"], ab_layers or {}))
+      return layer(xs[0], xs[1], x_BxTxD=x, prefix=xs[2] if prefix is not None else None)
+    x_BxTxD, kv_out = jax.lax.scan(body, x_BxTxD, (params["layers"], ab_layers or {}, prefix or ()))
   else:
     def body(x, xs):
       lp, ab, k_cache, v_cache = xs
@@ -270,9 +277,15 @@ def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, ca
 
 
 def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B: jax.Array, row_ids_B: jax.Array,
-           active_B: jax.Array, seed: jax.Array, stop_ids: jax.Array, *, config: ModelConfig,
+           active_B: jax.Array, seed: jax.Array, stop_ids: jax.Array, prefixes_QxA: jax.Array | None = None,
+           prefix_lens_Q: jax.Array | None = None, prefix_of_U: jax.Array | None = None, *, config: ModelConfig,
            sp: SamplingParams, cache_sharding=None) -> SampleOutput:
   """Prefill U unique prompts, give row b the cache of prompt src_B[b], and decode every active row.
+
+  With `prefixes_QxA` the prompts are continuations: prompt u is prefix `prefix_of_U[u]` (its first
+  `prefix_lens_Q` ids) followed by `prompts_UxP[u]`. The Q shared prefixes (the system message and dilemma of the
+  G dialogues of a group) are prefilled once, each prompt's own part after them, and a row's cache holds
+  A + P + N - 1 slots: its prefix's A, its own P, then the new tokens'.
 
   Pure and shape-static: the engine jits it once per (U, P, B) bucket. `params` are in `decode_layout` (split) or
   the trainer's stacked layout, as they are sharded; `lora` is None or `Adapters` in the same layout; `seed` is a
@@ -284,28 +297,45 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
   cdt = jnp.dtype(c.compute_dtype)
   u, p = prompts_UxP.shape
   b, n = src_B.shape[0], sp.max_new_tokens
-  valid_UxP = jnp.arange(p)[None] < prompt_lens_U[:, None]
-  causal_UxPxP = valid_UxP[:, None, :] & (jnp.arange(p)[:, None] >= jnp.arange(p)[None, :])
-  x = jnp.take(params["embed"], prompts_UxP, axis=0).astype(cdt)
+  causal = lambda lens_U, t: ((jnp.arange(t)[None] < lens_U[:, None])[:, None, :]
+                              & (jnp.arange(t)[:, None] >= jnp.arange(t)[None, :]))
+  embed = lambda ids: jnp.take(params["embed"], ids, axis=0).astype(cdt)
   stacked = isinstance(params["layers"], dict)
+  a = 0 if prefixes_QxA is None else prefixes_QxA.shape[1]
+  prefix_kv, prefix_lens_U = None, jnp.zeros((u,), jnp.int32)
+  mask_UxPxS, positions_UxP = causal(prompt_lens_U, p), jnp.broadcast_to(jnp.arange(p), (u, p))
+  if a:
+    q = prefixes_QxA.shape[0]
+    _, kv = _forward(params, embed(prefixes_QxA), jnp.broadcast_to(jnp.arange(a), (q, a)),
+                     causal(prefix_lens_Q, a), c, lora=lora)
+    take = (lambda x: x[:, prefix_of_U]) if stacked else (lambda x: x[prefix_of_U])
+    prefix_kv = tuple(map(take, kv)) if stacked else [tuple(map(take, layer_kv)) for layer_kv in kv]
+    prefix_lens_U = prefix_lens_Q[prefix_of_U]
+    seen_UxPxA = jnp.broadcast_to((jnp.arange(a)[None] < prefix_lens_U[:, None])[:, None], (u, p, a))
+    mask_UxPxS = jnp.concatenate([seen_UxPxA, mask_UxPxS], axis=-1)
+    positions_UxP = positions_UxP + prefix_lens_U[:, None]
   constrain = constrain_all = None
   if cache_sharding is not None:  # one layer's cache, and (stacked) all layers' caches
     constrain = functools.partial(jax.lax.with_sharding_constraint, shardings=cache_sharding)
     constrain_all = constrain if not stacked else functools.partial(
         jax.lax.with_sharding_constraint, shardings=jax.sharding.NamedSharding(
             cache_sharding.mesh, jax.sharding.PartitionSpec(None, *cache_sharding.spec)))
-  hidden_UxPxD, prompt_kv = _forward(params, x, jnp.broadcast_to(jnp.arange(p), (u, p)), causal_UxPxP, c, lora=lora)
+  hidden_UxPxD, prompt_kv = _forward(params, embed(prompts_UxP), positions_UxP, mask_UxPxS, c, lora=lora,
+                                     prefix=prefix_kv)
   last_UxD = jnp.take_along_axis(hidden_UxPxD, (prompt_lens_U - 1)[:, None, None], axis=1)[:, 0]
   logits_BxV = _logits(params, last_UxD, c)[src_B]
   free = jnp.zeros((b, c.n_kv_heads, max(n - 1, 1), c.head_dim), cdt)  # the last token is never fed back
-  if stacked:  # (keys, values) [L, U, K, P, D] -> [L, B, K, P + N - 1, D]
-    grow = lambda x: jnp.concatenate([x[:, src_B], jnp.broadcast_to(free, (c.n_layers, *free.shape))], axis=3)
-    caches = tuple(constrain_all(grow(x)) if constrain_all else grow(x) for x in prompt_kv)
+  if stacked:  # (keys, values) [L, U, K, P, D] (after [L, U, K, A, D]) -> [L, B, K, A + P + N - 1, D]
+    grow = lambda x, pre: jnp.concatenate([*([pre[:, src_B]] if a else []), x[:, src_B],
+                                           jnp.broadcast_to(free, (c.n_layers, *free.shape))], axis=3)
+    caches = tuple(constrain_all(grow(x, pre)) if constrain_all else grow(x, pre)
+                   for x, pre in zip(prompt_kv, prefix_kv or (None, None)))
   else:
-    grow = lambda x: jnp.concatenate([x[src_B], free], axis=2)
-    caches = [tuple(constrain(grow(x)) if constrain else grow(x) for x in kv) for kv in prompt_kv]
-  prompt_lens_B = prompt_lens_U[src_B]
-  slots_S = jnp.arange(p + max(n - 1, 1))
+    grow = lambda x, pre: jnp.concatenate([*([pre[src_B]] if a else []), x[src_B], free], axis=2)
+    caches = [tuple(constrain(grow(x, pre)) if constrain else grow(x, pre)
+                    for x, pre in zip(kv, prefix_kv[i] if a else (None, None))) for i, kv in enumerate(prompt_kv)]
+  prompt_lens_B, prefix_lens_B = prompt_lens_U[src_B], prefix_lens_U[src_B]
+  slots_S = jnp.arange(a + p + max(n - 1, 1))
   seed_key = jax.random.key(seed)
   row_keys_B = jax.vmap(lambda r: jax.random.fold_in(seed_key, r))(row_ids_B)
 
@@ -324,10 +354,12 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
   def body(state):  # feed token i-1 (into slot P + i - 1) and draw token i
     i, token_B, done_B, caches, out = state
     own = 0 if stacked else 1  # split: the token's own slot is written before the attention reads the cache
-    mask_Bx1xS = ((slots_S < prompt_lens_B[:, None]) | ((slots_S >= p) & (slots_S < p + i - 1 + own)))[:, None]
-    x = jnp.take(params["embed"], token_B, axis=0).astype(cdt)[:, None]
-    hidden, caches = _forward(params, x, (prompt_lens_B + i - 1)[:, None], mask_Bx1xS, c, caches, p + i - 1,
-                              lora=lora, constrain=constrain)
+    mask_Bx1xS = ((slots_S < prefix_lens_B[:, None])
+                  | ((slots_S >= a) & (slots_S < a + prompt_lens_B[:, None]))
+                  | ((slots_S >= a + p) & (slots_S < a + p + i - 1 + own)))[:, None]
+    x = embed(token_B)[:, None]
+    hidden, caches = _forward(params, x, (prefix_lens_B + prompt_lens_B + i - 1)[:, None], mask_Bx1xS, c, caches,
+                              a + p + i - 1, lora=lora, constrain=constrain)
     token_B, done_B, out = pick(i, _logits(params, hidden[:, 0], c), done_B, out)
     return i + 1, token_B, done_B, caches, out
 
