@@ -67,14 +67,15 @@ def shapes(c, opening: int) -> dict[str, int]:
     p = bucket_length(opening)
     return dict(rows=bucket_batch(s.group_size * c.data.prompts_per_step), turns=0, turn_prompt=p,
                 turn_new=s.max_tokens, final_prompt=p, final_new=s.max_tokens,
-                train_len=bucket_length(opening + s.max_tokens), opening=opening)
+                train_len=bucket_length(opening + s.max_tokens), opening=opening, prefix=p)
   n = c.negotiation
   rows = n.group_size * c.data.prompts_per_step
   turn_prompt = opening + (n.context_turns + 1) * (n.max_turn_tokens + 16)
   final_prompt = opening + n.max_turns * (n.max_turn_tokens + 16)
   return dict(rows=bucket_batch(rows), turns=n.max_turns, turn_prompt=bucket_length(turn_prompt),
               turn_new=n.max_turn_tokens, final_prompt=bucket_length(final_prompt), final_new=n.max_completion_tokens,
-              train_len=bucket_length(final_prompt + n.max_completion_tokens), opening=opening)
+              train_len=bucket_length(final_prompt + n.max_completion_tokens), opening=opening,
+              prefix=bucket_length(opening))
 
 
 def _abstract(tree, shardings):
@@ -141,12 +142,18 @@ def analyze(c, mesh_data: int, mesh_fsdp: int, before: bool = False, opening: in
   i32 = lambda shape, s: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s)
 
   def compile_sample(p, n):
+    """The sampler at prompt bucket p; with shared prefixes (config.sampling_share_prefixes) at its bound too: a
+    prefix of at most the opening's bucket before an own part of at most p, whichever needs more."""
     sp = sampler.SamplingParams(temperature=0.7, max_new_tokens=n)
     fn = jax.jit(functools.partial(sampler.sample, config=cfg, sp=sp, cache_sharding=cache_sharding))
     args = (s_params, s_lora, i32((b, p), rep), i32((b,), rep), i32((b,), row), i32((b,), row),
             jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=row), jax.ShapeDtypeStruct((), jnp.uint32, sharding=rep),
             i32((1,), rep))
-    return _stats(fn.lower(*args))
+    whole = _stats(fn.lower(*args))
+    if not c.get("sampling_share_prefixes", True):
+      return whole
+    shared = _stats(fn.lower(*args, i32((b, sh["prefix"]), rep), i32((b,), rep), i32((b,), rep)))
+    return max(whole, shared, key=lambda s: s["peak"])
 
   results["sample_turn"] = compile_sample(sh["turn_prompt"], sh["turn_new"])
   results["sample_final"] = compile_sample(sh["final_prompt"], sh["final_new"])

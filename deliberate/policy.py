@@ -56,14 +56,15 @@ def sampling_mesh(sharded: bool) -> jax.sharding.Mesh | None:
 
 
 def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True, mesh=None,
-                 row_axes: tuple[str, ...] = ("data",), lora=None) -> SamplingEngine:
+                 row_axes: tuple[str, ...] = ("data",), lora=None, share_prefixes: bool = True) -> SamplingEngine:
   """The sampling engine of a policy: on `mesh` (e.g. the sharded train step's, sampling from its params as they are
   sharded, rows over `row_axes`), else with rows split over this host's devices when `sharded`. `lora`: a trained
   run's `transformer.Adapters`, sampled on their own path over the base (never merged)."""
   if mesh is not None:
     return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=mesh, row_axes=row_axes,
-                          lora=lora)
-  return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=sampling_mesh(sharded), lora=lora)
+                          lora=lora, share_prefixes=share_prefixes)
+  return SamplingEngine(params, config, stop_ids=tok_lib.stop_ids(tokenizer), mesh=sampling_mesh(sharded), lora=lora,
+                        share_prefixes=share_prefixes)
 
 
 def judge_fn(engine: SamplingEngine, params, config: ModelConfig, tokenizer, verdict_mode: str = "text"):
