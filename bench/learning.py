@@ -9,7 +9,8 @@ Prints per seed and pooled over seeds: agreement rate, mean rounds to agreement 
 a window without one), mean rounds of all dialogues (one that never agreed counts the turns it ran), programs
 compiled, lexicon-CA group min/mean/max (of the completions written, i.e. of agreed dialogues) and the truncated-turn
 fraction, each as mean +- standard error
-over the steps of the first and the last tenth, and the change in units of its standard error. Writes the paper's
+over the steps of the first and the last tenth, and the change in units of its standard error; then one line per
+target (agreement rises, rounds fall, by more than twice the pooled standard error). Writes the paper's
 training-dynamics figure (CA group min/mean/max, agreement rate, rounds; running averages) per seed and pooled as
 PNG. With `--backend model` it also reports how often the policy's judge answers parse. Scores from the lexicon
 backend are a keyword heuristic's, labelled as such: a smoke signal that the loop learns, not Collective Agency.
@@ -67,6 +68,33 @@ def windows(metrics: dict[str, np.ndarray], key: str) -> tuple[np.ndarray, np.nd
   return x[:k], x[-k:]
 
 
+TARGETS = (M.AGREEMENT_RATE, M.ROUNDS_TO_AGREEMENT, M.ROUNDS_ALL)  # the issue's: rises / falls by > 2 pooled SE
+
+
+def change_in_se(a: np.ndarray, b: np.ndarray) -> float:
+  """(mean of b - mean of a) / the standard error of that difference (nan where either window has < 2 values)."""
+  (ma, sa, _), (mb, sb, _) = _mean_se(a), _mean_se(b)
+  se = math.sqrt(sa ** 2 + sb ** 2) if math.isfinite(sa) and math.isfinite(sb) else math.nan
+  if se == 0 and mb != ma:
+    return math.copysign(math.inf, mb - ma)
+  return (mb - ma) / se if se and math.isfinite(se) else math.nan
+
+
+def verdicts(runs: dict[str, dict[str, np.ndarray]]) -> str:
+  """One line per target metric: its pooled change in standard errors, in the direction it should go."""
+  out = []
+  for key, label, sign in ROWS:
+    if key not in TARGETS:
+      continue
+    a = np.concatenate([windows(m, key)[0] for m in runs.values()])
+    b = np.concatenate([windows(m, key)[1] for m in runs.values()])
+    z = sign * change_in_se(a, b)
+    word = "rises" if sign > 0 else "falls"
+    verdict = "yes" if z > 2 else ("undefined: a window has fewer than 2 values" if math.isnan(z) else "no")
+    out.append(f"target: {label} {word} by > 2 pooled SE: {z:+.2f} SE -> {verdict}")
+  return "\n".join(out)
+
+
 def table(runs: dict[str, dict[str, np.ndarray]]) -> str:
   lines = [f"{'run':<8} {'metric':<24} {'first tenth':>18} {'last tenth':>18} {'change / SE':>12}"]
   pooled = {}
@@ -80,8 +108,7 @@ def table(runs: dict[str, dict[str, np.ndarray]]) -> str:
     for key, label, _ in ROWS:
       a, b = (windows(m, key) if m is not None else (np.concatenate(pooled[key][0]), np.concatenate(pooled[key][1])))
       (ma, sa, na), (mb, sb, nb) = _mean_se(a), _mean_se(b)
-      se = math.sqrt(sa ** 2 + sb ** 2) if math.isfinite(sa) and math.isfinite(sb) else math.nan
-      z = (mb - ma) / se if se and math.isfinite(se) else math.nan
+      z = change_in_se(a, b)
       cell = lambda m_, s_, n_: f"{m_:.3f}+-{s_:.3f} (n={n_})" if math.isfinite(s_) else f"{m_:.3f} (n={n_})"
       lines.append(f"{name:<8} {label:<24} {cell(ma, sa, na):>18} {cell(mb, sb, nb):>18} {z:>12.2f}")
   return "\n".join(lines)
@@ -131,6 +158,7 @@ def main(argv=None) -> int:
   print(f"scores: {judge or args.backend}; {args.steps} steps x seeds {args.seeds}; wall time per seed (s): "
         f"{ {s: round(w) for s, w in wall.items()} }")
   print(table(runs))
+  print(verdicts(runs))
   if args.backend == "model":
     print(parse_report(runs))
   window = max(1, min(50, args.steps // 10))
