@@ -177,11 +177,13 @@ def test_prefix_plan_groups_shared_heads_and_keeps_an_own_id():
   assert prefix_plan([head[:40] + (7,), head[:40] + (9,)]) is None      # shared, but whole prefills cost no more
 
 
-@pytest.mark.parametrize("layout", ["split", "stacked"])
+@pytest.mark.parametrize("layout", ["split", "stacked", "sharded"])
 def test_shared_prefix_prefill_gives_the_tokens_of_whole_prefills(params, layout):
   prompts = _group_prompts()
-  shared = SamplingEngine(params, CFG, layout=layout)
-  whole = SamplingEngine(params, CFG, layout=layout, share_prefixes=False)
+  mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)) if layout == "sharded" else None
+  layout = None if mesh is not None else layout  # on a mesh: the stacked params as sharded, cache over rows
+  shared = SamplingEngine(params, CFG, layout=layout, mesh=mesh)
+  whole = SamplingEngine(params, CFG, layout=layout, mesh=mesh, share_prefixes=False)
   greedy = SamplingParams(greedy=True, max_new_tokens=6)
   got = shared.generate(_requests(prompts), greedy, seed=0)
   assert (shared.last_stats["prefixes"], shared.last_stats["prefix_len"], shared.last_stats["prompt_len"]) == \
