@@ -182,8 +182,8 @@ def test_shared_prefix_prefill_gives_the_tokens_of_whole_prefills(params, layout
   prompts = _group_prompts()
   mesh = jax.make_mesh((8,), ("data",), axis_types=(jax.sharding.AxisType.Auto,)) if layout == "sharded" else None
   layout = None if mesh is not None else layout  # on a mesh: the stacked params as sharded, cache over rows
-  shared = SamplingEngine(params, CFG, layout=layout, mesh=mesh)
-  whole = SamplingEngine(params, CFG, layout=layout, mesh=mesh, share_prefixes=False)
+  shared = SamplingEngine(params, CFG, layout=layout, mesh=mesh, share_prefixes=True)
+  whole = SamplingEngine(params, CFG, layout=layout, mesh=mesh)  # the default
   greedy = SamplingParams(greedy=True, max_new_tokens=6)
   got = shared.generate(_requests(prompts), greedy, seed=0)
   assert (shared.last_stats["prefixes"], shared.last_stats["prefix_len"], shared.last_stats["prompt_len"]) == \

@@ -136,7 +136,7 @@ class SamplingEngine:
 
   def __init__(self, params, config: ModelConfig, *, stop_ids: Sequence[int] = (), mesh: Mesh | None = None,
                max_context: int | None = None, dedup_prompts: bool = True, row_axes: Sequence[str] = ("data",),
-               layout: str | None = None, lora=None, share_prefixes: bool = True):
+               layout: str | None = None, lora=None, share_prefixes: bool = False):
     self.config, self.mesh, self.dedup_prompts = config, mesh, dedup_prompts
     self.share_prefixes = share_prefixes
     self.layout = layout or ("split" if mesh is None else "stacked")
