@@ -58,7 +58,7 @@ _COMPILES = {"n": 0, "s": 0.0}
 COMPILES, COMPILE_S, SKIPPED_NO_SIGNAL = M.COMPILES, M.COMPILE_S, M.SKIPPED_NO_SIGNAL
 COMPILE_NOTICE = ("first step: compiling the sampler (a prefill and a decode program per prompt-length and batch "
                   "bucket, as they first occur) and the GRPO train step (forward and backward at the batch's padded or "
-                  "packed shape). On a 2-core CPU with SmolLM2-135M the first step takes about 2-5 minutes, most of it "
+                  "packed shape). On a 2-core CPU with SmolLM2-135M the first step takes about 1-3 minutes, part of it "
                   "compiling; later steps reuse the programs, except for a bucket seen for the first time")
 
 
