@@ -246,18 +246,8 @@ class SamplingEngine:
     distinct = [()] * (max(src) + 1)
     for i, ids in zip(src, prompts):
       distinct[i] = ids
-    plan = prefix_plan(distinct) if self.share_prefixes else None
-    prefix_args, q, a = (), 0, 0
-    if plan is not None:
-      prefix_of, cut = plan
-      q, a = bucket_batch(max(prefix_of) + 1), bucket_length(max(cut))
-      prefixes_QxA, prefix_lens_Q = np.full((q, a), self.config.pad_id, np.int32), np.ones((q,), np.int32)
-      for ids, j, k in zip(distinct, prefix_of, cut):
-        prefixes_QxA[j, :k], prefix_lens_Q[j] = ids[:k], k
-      distinct = [ids[k:] for ids, k in zip(distinct, cut)]
-      prefix_of_U = np.zeros((bucket_batch(len(distinct)),), np.int32)
-      prefix_of_U[:len(distinct)] = prefix_of
-      prefix_args = (prefixes_QxA, prefix_lens_Q, prefix_of_U)
+    distinct, prefix_args = self._split_prefixes(distinct)
+    q, a = prefix_args[0].shape if prefix_args else (0, 0)
     b = bucket_batch(n_rows, self.num_devices)
     u = bucket_batch(len(distinct))
     p = bucket_length(max(len(ids) for ids in distinct))
@@ -287,6 +277,21 @@ class SamplingEngine:
     return [Completion(tokens[i, :lengths[i]].tolist(), lps[i, :lengths[i]].tolist(),
                        slps[i, :lengths[i]].tolist(), "stop" if reasons[i] == STOP_EOS else "length")
             for i in range(n_rows)]
+
+  def _split_prefixes(self, distinct: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], tuple]:
+    """(each prompt's own part, the sampler's (prefixes_QxA, prefix_lens_Q, prefix_of_U)) under `prefix_plan`;
+    the prompts whole and () when sharing is off or does not pay."""
+    plan = prefix_plan(distinct) if self.share_prefixes else None
+    if plan is None:
+      return distinct, ()
+    prefix_of, cut = plan
+    q, a = bucket_batch(max(prefix_of) + 1), bucket_length(max(cut))
+    prefixes_QxA, prefix_lens_Q = np.full((q, a), self.config.pad_id, np.int32), np.ones((q,), np.int32)
+    for ids, j, k in zip(distinct, prefix_of, cut):
+      prefixes_QxA[j, :k], prefix_lens_Q[j] = ids[:k], k
+    prefix_of_U = np.zeros((bucket_batch(len(distinct)),), np.int32)
+    prefix_of_U[:len(distinct)] = prefix_of
+    return [ids[k:] for ids, k in zip(distinct, cut)], (prefixes_QxA, prefix_lens_Q, prefix_of_U)
 
   def _check(self, r: Request, sp: SamplingParams) -> tuple[int, ...]:
     ids = tuple(int(t) for t in r.prompt_ids)

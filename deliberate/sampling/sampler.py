@@ -287,7 +287,7 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
   G dialogues of a group) are prefilled once, each prompt's own part after them, and a row's cache holds
   A + P + N - 1 slots: its prefix's A, its own P, then the new tokens'.
 
-  Pure and shape-static: the engine jits it once per (U, P, B) bucket. `params` are in `decode_layout` (split) or
+  Pure and shape-static: the engine jits it once per (Q, A, U, P, B) bucket. `params` are in `decode_layout` (split) or
   the trainer's stacked layout, as they are sharded; `lora` is None or `Adapters` in the same layout; `seed` is a
   uint32 scalar. Each row's cache holds P + N - 1 slots: its prompt's P (padding masked), then one per new token
   fed back, at the same slot in every row. `cache_sharding` (a NamedSharding of one layer's [B, K, S, D] cache)
