@@ -1,7 +1,7 @@
 """Step time of the quickstart loop against a peer tree (e.g. a worktree of an older commit), same machine, one
 after the other:
 
-  git worktree add /tmp/peer fc403fa   # once: the tree before packing and the turn stop
+  git worktree add /tmp/peer 559d7ac   # once: the commit issue 16 was measured on
   python bench/loop.py --peer /tmp/peer --steps 3
 
 Runs `launch/train.py --config configs/quickstart.py` for --steps steps in the peer tree, then in this tree, and
@@ -47,7 +47,10 @@ def summary(name: str, metrics: list[dict], wall: float) -> tuple[float, float]:
   cut = [m.get("negotiation/truncated_turn_fraction") for m in metrics]
   signal = sum(1 for m in metrics if (m.get("advantage/zero_advantage_frac") or 0) < 1)
   programs = [int(m.get("compile/programs", -1)) for m in metrics]
-  print(f"{name:<6} first step {first:7.1f} s | steady {steady:7.1f} s/step (steps 2..{len(metrics)}) | "
+  part = lambda k: sum(float(m.get(k) or 0.0) for m in metrics[1:]) / max(len(metrics) - 1, 1)
+  print(f"{name:<6} first step {first:7.1f} s | steady {steady:7.1f} s/step (steps 2..{len(metrics)}: rollout "
+        f"{part('time/rollout_s'):.1f} + train {part('time/train_s'):.1f}; "
+        f"{int(metrics[0].get('negotiation/dialogues', 0))} dialogues a step) | "
         f"wall {wall:6.0f} s | truncated-turn fraction per step {cut} | steps with a non-zero advantage "
         f"{signal}/{len(metrics)} | programs compiled per step {programs}")
   return first, steady

@@ -56,7 +56,7 @@ def sampling_mesh(sharded: bool) -> jax.sharding.Mesh | None:
 
 
 def build_engine(params, config: ModelConfig, tokenizer, *, sharded: bool = True, mesh=None,
-                 row_axes: tuple[str, ...] = ("data",), lora=None, share_prefixes: bool = False) -> SamplingEngine:
+                 row_axes: tuple[str, ...] = ("data",), lora=None, share_prefixes: bool = True) -> SamplingEngine:
   """The sampling engine of a policy: on `mesh` (e.g. the sharded train step's, sampling from its params as they are
   sharded, rows over `row_axes`), else with rows split over this host's devices when `sharded`. `lora`: a trained
   run's `transformer.Adapters`, sampled on their own path over the base (never merged)."""

@@ -152,7 +152,7 @@ class Trainer:
     self.engine = policy.build_engine(params, self.model_config, self.tokenizer, sharded=c.sampling_sharded,
                                       mesh=self.runner.sampling_mesh(),
                                       row_axes=tuple(c.rl.sampling_row_axes.split(",")),
-                                      share_prefixes=c.get("sampling_share_prefixes", False))
+                                      share_prefixes=c.sampling_share_prefixes)
     self.judge = SyncJudge(local.judge, generate_fn=policy.judge_fn(self.engine, params, self.model_config,
                                                                     self.tokenizer, c.judge.verdict_mode)
                            if c.judge.embedded and c.judge.embedded_backend == "model" else None)

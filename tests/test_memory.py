@@ -51,13 +51,13 @@ def test_every_program_compiles_with_sane_numbers(after):
 
 
 def test_shared_prefixes_are_counted_at_their_cache_bound(after):
-  """config.sampling_share_prefixes: a row's cache holds a prefix bucket before its own part's, so the sampler's
-  peak is at least that of whole prompts."""
+  """config.sampling_share_prefixes (the default, as in `after`): a row's cache holds a prefix bucket before its
+  own part's, so the sampler's peak is above that of whole prompts."""
   c = _tiny()
-  c.sampling_share_prefixes = True
-  shared = memory.analyze(c, 4, 2, opening=40, costs=False)
+  c.sampling_share_prefixes = False
+  whole = memory.analyze(c, 4, 2, opening=40, costs=False)
   for p in ("sample_turn", "sample_final"):
-    assert shared[p]["peak"] > after[p]["peak"], p
+    assert after[p]["peak"] > whole[p]["peak"], p
 
 
 def test_the_merged_float32_lora_of_before_costs_more_memory(after):

@@ -6,7 +6,7 @@ import pytest
 
 from deliberate.model import transformer
 from deliberate.model.config import ModelConfig
-from deliberate.sampling.engine import Request, SamplingEngine, bucket_batch, bucket_length, prefix_plan
+from deliberate.sampling.engine import Request, SamplingEngine, bucket_batch, bucket_prompt, prefix_plan
 from deliberate.sampling.sampler import SamplingParams
 
 CFG = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128)
@@ -198,6 +198,14 @@ def test_shared_prefix_prefill_gives_the_tokens_of_whole_prefills(params, layout
                              np.concatenate([o.logprobs for o in want]), atol=1e-5)
 
 
+def test_prompt_buckets_pad_by_at_most_a_quarter():
+  """Multiples of 64 up to 512, then four steps per doubling: a 300-id prompt prefills 320 slots, not 512."""
+  assert [bucket_prompt(n) for n in (1, 64, 65, 300, 385, 512, 513, 1025)] == [64, 64, 128, 320, 448, 512, 640, 1280]
+  for n in range(1, 5000):
+    assert n <= bucket_prompt(n) <= (n + 63 if n <= 512 else 1.25 * n)
+    assert bucket_prompt(bucket_prompt(n)) == bucket_prompt(n)
+
+
 def test_multi_turn_rollout_compiles_once_per_bucket(params):
   """Conversations of growing, then bounded, context finish at different turns; the batch shrinks with them and
   the params change once. Compilations are counted by jax.monitoring, independently of the engine's own count."""
@@ -225,7 +233,7 @@ def test_multi_turn_rollout_compiles_once_per_bucket(params):
       st = eng.last_stats
       shapes.add((st["unique_prompts"], st["prompt_len"], st["batch"]))
       assert st["batch"] == bucket_batch(len(active))
-      assert st["prompt_len"] == bucket_length(max(len(r.prompt_ids) for r in reqs))
+      assert st["prompt_len"] == bucket_prompt(max(len(r.prompt_ids) for r in reqs))
       assert st["cache_bytes"] == st["batch"] * (st["prompt_len"] + 6) * 2 * 2 * 2 * 16 * 4
       cache_bytes.append(st["cache_bytes"])
   finally:

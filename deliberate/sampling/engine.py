@@ -46,8 +46,18 @@ def bucket_batch(n: int, multiple: int = 1) -> int:
 
 
 def bucket_length(n: int) -> int:
+  """Training rows (padded batches) and scoring: a multiple of 64, rounded up to a power-of-two multiple."""
   blocks = -(-n // PROMPT_BUCKET)
   return PROMPT_BUCKET * (1 << (blocks - 1).bit_length())
+
+
+def bucket_prompt(n: int) -> int:
+  """The sampler's prompt (and shared-prefix) lengths: multiples of 64 up to 512, then four steps per doubling
+  (multiples of 128 up to 1024, of 256 up to 2048, ...): under 64 ids of padding up to 512, then at most 25% (a
+  power-of-two bucket pads a 300-id prompt to 512).
+  Prefill cost is proportional to it; the price is more programs, each compiled once."""
+  step = max(PROMPT_BUCKET, (1 << (max(n, 2) - 1).bit_length()) >> 3)
+  return -(-n // step) * step
 
 
 LAYOUTS = ("stacked", "split")
@@ -93,9 +103,9 @@ def prefix_plan(prompts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_P
   empty = len(lengths)  # the prefix of prompts that share none
   prefix_of = [empty if q < 0 else q for q in prefix_of]
   q = len(lengths) + (empty in prefix_of)
-  shared_cost = (bucket_batch(q) * bucket_length(max(lengths))
-                 + bucket_batch(u) * bucket_length(max(len(p) - c for p, c in zip(prompts, cut))))
-  whole_cost = bucket_batch(u) * bucket_length(max(len(p) for p in prompts))
+  shared_cost = (bucket_batch(q) * bucket_prompt(max(lengths))
+                 + bucket_batch(u) * bucket_prompt(max(len(p) - c for p, c in zip(prompts, cut))))
+  whole_cost = bucket_batch(u) * bucket_prompt(max(len(p) for p in prompts))
   return (prefix_of, cut) if shared_cost < whole_cost else None
 
 
@@ -250,7 +260,7 @@ class SamplingEngine:
     q, a = prefix_args[0].shape if prefix_args else (0, 0)
     b = bucket_batch(n_rows, self.num_devices)
     u = bucket_batch(len(distinct))
-    p = bucket_length(max(len(ids) for ids in distinct))
+    p = bucket_prompt(max(len(ids) for ids in distinct))
     prompts_UxP = np.full((u, p), self.config.pad_id, np.int32)
     lens_U = np.ones((u,), np.int32)
     for i, ids in enumerate(distinct):
@@ -285,7 +295,7 @@ class SamplingEngine:
     if plan is None:
       return distinct, ()
     prefix_of, cut = plan
-    q, a = bucket_batch(max(prefix_of) + 1), bucket_length(max(cut))
+    q, a = bucket_batch(max(prefix_of) + 1), bucket_prompt(max(cut))
     prefixes_QxA, prefix_lens_Q = np.full((q, a), self.config.pad_id, np.int32), np.ones((q,), np.int32)
     for ids, j, k in zip(distinct, prefix_of, cut):
       prefixes_QxA[j, :k], prefix_lens_Q[j] = ids[:k], k
