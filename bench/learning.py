@@ -62,9 +62,9 @@ def _mean_se(x: np.ndarray) -> tuple[float, float, int]:
 
 
 def windows(metrics: dict[str, np.ndarray], key: str) -> tuple[np.ndarray, np.ndarray]:
-  """(first tenth, last tenth) of a run's per-step values (at least one step each)."""
+  """(first tenth, last tenth) of a run's per-step values, a tenth rounded up (16 steps: 2 each)."""
   x = metrics.get(key, np.full(len(metrics["step"]), np.nan))
-  k = max(1, len(x) // 10)
+  k = -(-len(x) // 10)
   return x[:k], x[-k:]
 
 

@@ -54,8 +54,8 @@ def bucket_length(n: int) -> int:
 def bucket_prompt(n: int) -> int:
   """The sampler's prompt (and shared-prefix) lengths: multiples of 64 up to 512, then four steps per doubling
   (multiples of 128 up to 1024, of 256 up to 2048, ...): under 64 ids of padding up to 512, then at most 25% (a
-  power-of-two bucket pads a 300-id prompt to 512).
-  Prefill cost is proportional to it; the price is more programs, each compiled once."""
+  power-of-two bucket pads a 300-id prompt to 512). Prefill cost is proportional to it; the price is more
+  programs, each compiled once."""
   step = max(PROMPT_BUCKET, (1 << (max(n, 2) - 1).bit_length()) >> 3)
   return -(-n // step) * step
 
