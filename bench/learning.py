@@ -1,8 +1,8 @@
 """Does the embedded default learn? Trains configs/quickstart.py (SmolLM2-135M, the deterministic local judge) for
 a fixed number of steps per seed and compares the first and the last tenth of the steps.
 
-  python bench/learning.py                                  # 3 seeds x 10 steps, lexicon judge (about 45 min
-                                                            # on 2 CPU cores)
+  python bench/learning.py                                  # 3 seeds x 16 steps, lexicon judge (70 min on 2
+                                                            # CPU cores)
   python bench/learning.py --seeds 0 --steps 6 --backend model   # the policy judging itself (shorter run)
 
 Prints per seed and pooled over seeds: agreement rate, mean rounds to agreement (of agreed dialogues: undefined in
@@ -140,7 +140,7 @@ MODEL_JUDGE = ("--config.judge.max_tokens=96", "--config.judge.length_retry_max_
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-  ap.add_argument("--steps", type=int, default=10)  # sized to the issue's 90 minutes on a 2-core machine
+  ap.add_argument("--steps", type=int, default=16)  # sized to the issue's 90 minutes on a 2-core machine
   ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
   ap.add_argument("--backend", choices=("lexicon", "model"), default="lexicon")
   ap.add_argument("--workdir", default="/tmp/deliberate-bench-learning")
