@@ -150,7 +150,7 @@ def analyze(c, mesh_data: int, mesh_fsdp: int, before: bool = False, opening: in
             jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=row), jax.ShapeDtypeStruct((), jnp.uint32, sharding=rep),
             i32((1,), rep))
     whole = _stats(fn.lower(*args))
-    if not c.get("sampling_share_prefixes", False):
+    if not c.sampling_share_prefixes:
       return whole
     shared = _stats(fn.lower(*args, i32((b, sh["prefix"]), rep), i32((b,), rep), i32((b,), rep)))
     return max(whole, shared, key=lambda s: s["peak"])
