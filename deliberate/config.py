@@ -26,6 +26,10 @@ def base_config() -> ml_collections.ConfigDict:
                                       # prefill tokens; a row's cache then holds the prefix's bucket and its own
                                       # part's, which the memory check counts. On the quickstart: turns 6-9 s
                                       # instead of 9-16 s, the same tokens (bench/loop.py)
+  c.sampling_compile_steps = 2        # the sampler compiles a program for each new call shape during this many
+                                      # steps (after its task's largest calls, compiled before step 1); later calls
+                                      # run padded in the cheapest program that holds them, so a long run compiles
+                                      # nothing after them. 0: never settle (every new shape compiles)
 
   c.model = model_config()            # the policy: name, dtypes, tiny sizes
   c.judge = default_judge_config()

@@ -148,7 +148,7 @@ def analyze(c, mesh_data: int, mesh_fsdp: int, before: bool = False, opening: in
     fn = jax.jit(functools.partial(sampler.sample, config=cfg, sp=sp, cache_sharding=cache_sharding))
     args = (s_params, s_lora, i32((b, p), rep), i32((b,), rep), i32((b,), row), i32((b,), row),
             jax.ShapeDtypeStruct((b,), jnp.bool_, sharding=row), jax.ShapeDtypeStruct((), jnp.uint32, sharding=rep),
-            i32((1,), rep))
+            jax.ShapeDtypeStruct((cfg.vocab_size,), jnp.bool_, sharding=rep))
     whole = _stats(fn.lower(*args))
     if not c.sampling_share_prefixes:
       return whole

@@ -52,4 +52,6 @@ SKIPPED_NO_ROWS = "skipped_no_rows"
 SKIPPED_NO_SIGNAL = "skipped_no_signal"      # every advantage 0: no update
 COMPILES = "compile/programs"                # programs compiled during the step
 COMPILE_S = "compile/seconds"
+SAMPLER_OVERFLOW = "compile/sampler_overflow"  # sampler programs compiled after the engine settled (0 when the task's
+                                                # sampler_bounds hold every call)
 NEW_SAMPLER_SHAPES = "compile/new_sampler_shapes"  # (sampling params, U, P, B) buckets the sampler met first this step

@@ -13,6 +13,7 @@ from deliberate.model import transformer
 from deliberate.model.config import ModelConfig
 from deliberate.rl import loss as loss_lib, step as step_lib
 from deliberate.rl.batch import Row
+from configs import tiny
 from tests.test_learning import learning_config
 
 CFG = ModelConfig(vocab_size=64, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, head_dim=16, d_ff=64)
@@ -57,3 +58,26 @@ def test_no_new_program_after_step_two(tmp_path):
   programs = [x[M.COMPILES] for x in m]
   assert all(x.get(M.TRAIN_TOKENS, 0) > 0 for x in m), "every step should train"
   assert programs[0] > 0 and programs[2:] == [0, 0], programs
+
+
+def _negotiation_programs(tmp_path, compile_steps: int) -> tuple[list[float], list[float]]:
+  """Six steps of the paper's loop on the tiny model and real dilemmas (their prompts differ in length from step
+  to step, and so do the rows left after agreements): programs compiled and sampler overflows, per step."""
+  c = tiny.get_config()
+  c.num_steps = c.optim.total_steps = 6
+  c.checkpoint_every, c.tensorboard = 100, False
+  c.negotiation.max_turns, c.negotiation.group_size = 4, 3
+  c.sampling_compile_steps = compile_steps
+  trainer.Trainer(c, str(tmp_path)).run()
+  with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
+    m = [json.loads(line) for line in f]
+  return [x[M.COMPILES] for x in m], [x[M.SAMPLER_OVERFLOW] for x in m]
+
+
+def test_negotiation_compiles_nothing_after_step_two(tmp_path):
+  """The task's largest calls are compiled before step 1 (Task.sampler_bounds) and the engine settles after step
+  2: later calls run padded in a compiled program. Unsettled, the same run meets a new shape later on."""
+  programs, overflow = _negotiation_programs(tmp_path / "settled", 2)
+  assert programs[0] > 0 and programs[2:] == [0] * 4 and overflow == [0] * 6, (programs, overflow)
+  programs, _ = _negotiation_programs(tmp_path / "unsettled", 0)
+  assert sum(programs[2:]) > 0, programs

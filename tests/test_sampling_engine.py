@@ -198,6 +198,30 @@ def test_shared_prefix_prefill_gives_the_tokens_of_whole_prefills(params, layout
                              np.concatenate([o.logprobs for o in want]), atol=1e-5)
 
 
+def test_a_settled_engine_runs_every_call_in_a_compiled_program(params):
+  """After `settle`, calls run padded in the programs compiled so far (here, only `precompile`'s bounds), with the
+  tokens of their own buckets: groups re-cut to the program's prefix length, a lone prompt as its own prefix."""
+  prompts = _group_prompts()
+  sp = SamplingParams(temperature=0.9, top_p=0.8, max_new_tokens=5)  # used by no other test
+  exact = SamplingEngine(params, CFG, share_prefixes=True)
+  settled = SamplingEngine(params, CFG, share_prefixes=True)
+  cover = settled.precompile(sp, rows=8, prompt_len=100, prefixes=4, prefix_len=100)
+  assert settled.compile_count == 1 and (cover.q, cover.a, cover.u, cover.p, cover.b) == (4, 128, 8, 128, 8)
+  settled.settle()
+  calls = [_requests(prompts), _requests(prompts[:3], 20), _requests(prompts[6:], 30),
+           _requests([prompts[0] + prompts[6][:30]] * 2, 40)]  # a prompt longer than the prefix bound: re-cut
+  for reqs in calls:
+    got, want = settled.generate(reqs, sp, seed=3), exact.generate(reqs, sp, seed=3)
+    assert settled.last_stats["batch"] == 8 and settled.last_stats["prefixes"] == 4
+    assert [o.tokens for o in got] == [o.tokens for o in want]
+    np.testing.assert_allclose(np.concatenate([o.logprobs for o in got]),
+                               np.concatenate([o.logprobs for o in want]), atol=1e-5)
+  assert settled.compile_count == 1 and settled.overflow_compiles == 0
+  assert exact.compile_count > 1
+  settled.generate(_requests([prompts[0] * 3]), sp, seed=3)  # held by no program: compiled, and counted
+  assert settled.compile_count == 2 and settled.overflow_compiles == 1
+
+
 def test_prompt_buckets_pad_by_at_most_a_quarter():
   """Multiples of 64 up to 512, then four steps per doubling: a 300-id prompt prefills 320 slots, not 512."""
   assert [bucket_prompt(n) for n in (1, 64, 65, 300, 385, 512, 513, 1025)] == [64, 64, 128, 320, 448, 512, 640, 1280]

@@ -113,7 +113,7 @@ def test_bad_sampling_params_name_the_field(bad, field):
     SamplingParams(**bad)
 
 
-def _run(params, prompts, sp, row_ids=None, seed=0, stop_ids=(-1,), active=None):
+def _run(params, prompts, sp, row_ids=None, seed=0, stop_ids=(), active=None):
   lens = np.array([len(p) for p in prompts], np.int32)
   arr = np.zeros((len(prompts), 16), np.int32)
   for i, p in enumerate(prompts):
@@ -123,7 +123,7 @@ def _run(params, prompts, sp, row_ids=None, seed=0, stop_ids=(-1,), active=None)
   active = np.ones(b, bool) if active is None else np.asarray(active)
   fn = sampler.jitted_sample(CFG, sp)
   return jax.device_get(fn(params, None, arr, lens, np.arange(b, dtype=np.int32), row_ids, active, np.uint32(seed),
-                           jnp.asarray(stop_ids, jnp.int32)))
+                           np.isin(np.arange(CFG.vocab_size), stop_ids)))
 
 
 PROMPTS = [[3, 14, 15, 92, 65], [35, 89, 79, 32, 38, 46, 26, 43, 38, 32, 79], [50, 28], [8, 41, 97, 16, 93, 99]]

@@ -10,7 +10,8 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import math
-from typing import Sequence
+import sys
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -64,40 +65,56 @@ LAYOUTS = ("stacked", "split")
 MIN_SHARED_PREFIX = 32  # ids: a shorter common prefix is not worth its own prefill row
 
 
-def _common(a: Sequence[int], b: Sequence[int]) -> int:
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+  """How many leading ids a and b share."""
   n = min(len(a), len(b))
   diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
   return int(diff[0]) if len(diff) else n
 
 
-def prefix_plan(prompts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_PREFIX
+def prefix_plan(prompts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_PREFIX, always: bool = False
                 ) -> tuple[list[int], list[int]] | None:
-  """Shared prefixes of distinct prompts, or None when prefilling them whole costs no more.
+  """Shared prefixes of distinct prompts, or None when prefilling them whole costs no more (`always`: None only
+  when nothing is shared).
 
-  Returns (prefix_of, cut): prompt u continues prefix prefix_of[u] after its first cut[u] ids (prompts sorted, then
-  runs of neighbours sharing >= min_shared ids grouped; a prompt in no run gets the empty prefix, -1 is never used).
-  Every prompt keeps at least one id of its own. Chosen when the padded prefill tokens (prefixes plus remainders,
-  at their buckets) are fewer than those of the prompts whole.
+  Returns (prefix_of, cut): prompt u continues prefix prefix_of[u] after its first cut[u] ids. The prompts are
+  sorted and cut into runs of neighbours (a run's shared prefix is the least common prefix of its neighbours) so
+  that the fewest ids are prefilled: two groups whose prompts share only a system message stay two prefixes, not
+  one short one. A run shares >= min_shared ids or none (its prompts then take the empty prefix, cut 0), and every
+  prompt keeps at least one id of its own. Chosen when the padded prefill tokens (prefixes plus remainders, at
+  their buckets) are fewer than those of the prompts whole.
   """
   u = len(prompts)
   if u < 2:
     return None
   order = sorted(range(u), key=lambda i: tuple(prompts[i]))
-  prefix_of, cut, lengths = [0] * u, [0] * u, []
-  start = 0
+  lens = [len(prompts[i]) for i in order]
+  common = [common_prefix(prompts[order[k - 1]], prompts[order[k]]) for k in range(1, u)]
+  # best[k]: fewest ids prefilled for the first k prompts; run[k]: where the last run of those starts
+  best, run = [0] + [math.inf] * u, [0] * (u + 1)
   for k in range(1, u + 1):
-    if k < u and _common(prompts[order[k - 1]], prompts[order[k]]) >= min_shared:
-      continue
-    members = order[start:k]
-    shared = 0
-    if len(members) > 1:
-      shared = min(min(_common(prompts[members[0]], prompts[m]) for m in members[1:]),
-                   min(len(prompts[m]) for m in members) - 1)
+    shared, shortest, total = math.inf, math.inf, 0
+    for start in range(k - 1, -1, -1):  # the run order[start:k]
+      total += lens[start]
+      shortest = min(shortest, lens[start])
+      if start < k - 1:
+        shared = min(shared, common[start])
+      s = min(shared, shortest - 1) if start < k - 1 else 0
+      cost = best[start] + (s + total - (k - start) * s if s >= min_shared else total)
+      if cost < best[k]:
+        best[k], run[k] = cost, start
+  prefix_of, cut, lengths = [0] * u, [0] * u, []
+  k = u
+  while k:
+    members, k = order[run[k]:k], run[k]
+    shared = min(common_prefix(prompts[members[0]], prompts[m]) for m in members[1:]) if len(members) > 1 else 0
+    shared = min(shared, min(len(prompts[m]) for m in members) - 1) if len(members) > 1 else 0
+    if shared < min_shared:
+      shared = 0
     if shared:
       lengths.append(shared)
     for m in members:
       prefix_of[m], cut[m] = (len(lengths) - 1 if shared else -1), shared
-    start = k
   if not lengths:
     return None
   empty = len(lengths)  # the prefix of prompts that share none
@@ -106,7 +123,32 @@ def prefix_plan(prompts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_P
   shared_cost = (bucket_batch(q) * bucket_prompt(max(lengths))
                  + bucket_batch(u) * bucket_prompt(max(len(p) - c for p, c in zip(prompts, cut))))
   whole_cost = bucket_batch(u) * bucket_prompt(max(len(p) for p in prompts))
-  return (prefix_of, cut) if shared_cost < whole_cost else None
+  return (prefix_of, cut) if always or shared_cost < whole_cost else None
+
+
+@dataclasses.dataclass(frozen=True)
+class Shape:
+  """A sampler program's input shape: Q shared prefixes of A ids (0, 0: the prompts whole), U unique prompts (or
+  their parts after the prefix) of P ids, B rows. One compiled program per (sampling params, Shape)."""
+  q: int
+  a: int
+  u: int
+  p: int
+  b: int
+
+  def holds(self, need: "Shape") -> bool:
+    """A call that needs `need` can run in this program: the same form (prefixes or not), every dimension as large."""
+    return (self.q > 0) == (need.q > 0) and all(x >= y for x, y in zip(dataclasses.astuple(self),
+                                                                      dataclasses.astuple(need)))
+
+  def cost(self, new_tokens: int) -> int:
+    """Rough work in prefilled ids: the prefill's, plus one per row and new token (on a CPU a decode step of 8 rows
+    costs about as much as prefilling 30 ids; the rule only has to rank programs)."""
+    return self.q * self.a + self.u * self.p + self.b * new_tokens
+
+
+REUSE_COST = 1.5  # before `settle`: a call runs in a compiled program that costs at most this much more than its
+                  # own bucket, rather than compiling that bucket
 
 
 def _on_mesh(x, mesh: Mesh) -> bool:
@@ -164,10 +206,15 @@ class SamplingEngine:
     self.row_offset = 0
     self.layout_bytes = 0
     self.set_params(params, lora)
-    self.stop_ids = jnp.asarray(sorted(set(config.eos_ids) | set(stop_ids)) or [-1], jnp.int32)
+    self.stop_ids = tuple(sorted(set(config.eos_ids) | set(int(i) for i in stop_ids)))
+    self._stop_masks: dict[tuple[int, ...], np.ndarray] = {}
     self.max_context = max_context or config.max_seq_len
-    self.compiled_shapes: set[tuple] = set()  # (sampling params, Q, A, U, P, B) programs used so far
-    self._programs: dict[SamplingParams, object] = {}
+    self.compiled_shapes: set[tuple] = set()  # (sampling params, Q, A, U, P, B) programs compiled so far
+    self._executables: dict[tuple, Any] = {}  # (sampling params, Shape, with LoRA) -> compiled program
+    # After `settle()` a call runs in the cheapest compiled program that holds it and compiles only when none does
+    # (counted in `overflow_compiles`): the trainer settles after a run's first steps, so later steps compile nothing.
+    self.settled = False
+    self.overflow_compiles = 0
     self.last_stats: dict[str, int] = {}      # shapes, decode steps and cache bytes of the latest call
 
   @property
@@ -216,9 +263,13 @@ class SamplingEngine:
 
   @property
   def compile_count(self) -> int:
-    """Programs XLA actually compiled for the sampling params this engine used (shared with any engine of the same
-    config and mesh, since programs are cached per config)."""
-    return sum(fn._cache_size() for fn in self._programs.values())
+    """Programs this engine compiled."""
+    return len(self._executables)
+
+  def settle(self) -> None:
+    """From now on, run every call in a program already compiled when one holds it (`Shape.holds`), whatever its
+    padding: a long run's later steps then compile nothing (see `precompile` for the shapes no step has met yet)."""
+    self.settled = True
 
   def _cache_sharding(self) -> NamedSharding | None:
     """One layer's [B, K, S, D] cache: rows over the row axes, kv heads over the weight axes."""
@@ -256,52 +307,150 @@ class SamplingEngine:
     distinct = [()] * (max(src) + 1)
     for i, ids in zip(src, prompts):
       distinct[i] = ids
-    distinct, prefix_args = self._split_prefixes(distinct)
-    q, a = prefix_args[0].shape if prefix_args else (0, 0)
-    b = bucket_batch(n_rows, self.num_devices)
-    u = bucket_batch(len(distinct))
-    p = bucket_prompt(max(len(ids) for ids in distinct))
-    prompts_UxP = np.full((u, p), self.config.pad_id, np.int32)
-    lens_U = np.ones((u,), np.int32)
-    for i, ids in enumerate(distinct):
-      prompts_UxP[i, :len(ids)] = ids
-      lens_U[i] = len(ids)
-    src_B = np.zeros((b,), np.int32)
+    shape, plan = self._program(sp, distinct, self._forms(distinct, n_rows))
+    prompt_args, prefix_args = self._prompt_arrays(shape, distinct, plan)
+    src_B = np.zeros((shape.b,), np.int32)
     src_B[:n_rows] = src
-    row_ids_B = np.zeros((b,), np.int32)
+    row_ids_B = np.zeros((shape.b,), np.int32)
     row_ids_B[:n_rows] = [r.row_id + self.row_offset for r in requests]
-    active_B = np.arange(b) < n_rows
-    fn = self._programs.setdefault(sp, jitted_sample(self.config, sp, self._cache_sharding()))
-    self.compiled_shapes.add((sp, q, a, u, p, b))
-    stops = (self.stop_ids if not stop_ids else
-             jnp.asarray(sorted(set(np.asarray(self.stop_ids).tolist()) | set(int(i) for i in stop_ids)), jnp.int32))
-    args = (prompts_UxP, lens_U, src_B, row_ids_B, active_B, np.uint32(seed), stops, *prefix_args)
-    if self.mesh is not None:
-      rep, row = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(self.row_axes))
-      args = jax.device_put(args, (rep, rep, row, row, row, rep, rep, *(rep,) * len(prefix_args)))
-    out = fn(self._decode_params, self._decode_lora, *args)
+    active_B = np.arange(shape.b) < n_rows
+    args = (*prompt_args, src_B, row_ids_B, active_B, np.uint32(seed), self._stop_mask(stop_ids), *prefix_args)
+    out = self._executable(sp, shape, args)(self._decode_params, self._decode_lora, *self._put(args))
     tokens, lps, slps, lengths, reasons, steps = jax.device_get(
         (out.tokens, out.logprobs, out.sampling_logprobs, out.lengths, out.stop_reason, out.steps))
-    self.last_stats = {"batch": b, "unique_prompts": u, "prompt_len": p, "prefixes": q, "prefix_len": a,
-                       "decode_steps": int(steps), "cache_bytes": self.cache_bytes(b, a + p, sp)}
+    self.last_stats = {"batch": shape.b, "unique_prompts": shape.u, "prompt_len": shape.p, "prefixes": shape.q,
+                       "prefix_len": shape.a, "decode_steps": int(steps),
+                       "cache_bytes": self.cache_bytes(shape.b, shape.a + shape.p, sp)}
     return [Completion(tokens[i, :lengths[i]].tolist(), lps[i, :lengths[i]].tolist(),
                        slps[i, :lengths[i]].tolist(), "stop" if reasons[i] == STOP_EOS else "length")
             for i in range(n_rows)]
 
-  def _split_prefixes(self, distinct: list[tuple[int, ...]]) -> tuple[list[tuple[int, ...]], tuple]:
-    """(each prompt's own part, the sampler's (prefixes_QxA, prefix_lens_Q, prefix_of_U)) under `prefix_plan`;
-    the prompts whole and () when sharing is off or does not pay."""
-    plan = prefix_plan(distinct) if self.share_prefixes else None
-    if plan is None:
-      return distinct, ()
-    prefix_of, cut = plan
-    q, a = bucket_batch(max(prefix_of) + 1), bucket_prompt(max(cut))
-    prefixes_QxA, prefix_lens_Q = np.full((q, a), self.config.pad_id, np.int32), np.ones((q,), np.int32)
-    for ids, j, k in zip(distinct, prefix_of, cut):
-      prefixes_QxA[j, :k], prefix_lens_Q[j] = ids[:k], k
-    prefix_of_U = np.zeros((bucket_batch(len(distinct)),), np.int32)
-    prefix_of_U[:len(distinct)] = prefix_of
-    return [ids[k:] for ids, k in zip(distinct, cut)], (prefixes_QxA, prefix_lens_Q, prefix_of_U)
+  def precompile(self, sp: SamplingParams, rows: int, prompt_len: int, unique: int | None = None,
+                 prefixes: int = 0, prefix_len: int = 0) -> Shape:
+    """Compile, without running, the program of a call of `rows` rows and `unique` distinct prompts (default: one a
+    row) of at most `prompt_len` ids, each after one of `prefixes` shared prefixes of at most `prefix_len` ids when
+    prefixes > 0. A task declares the bounds of its calls (`sampler_bounds`) and the trainer compiles them before
+    the first step, so that a settled engine holds every call."""
+    b = bucket_batch(rows, self.num_devices)
+    shape = Shape(bucket_batch(prefixes) if prefixes else 0, bucket_prompt(prefix_len) if prefixes else 0,
+                  bucket_batch(unique or rows), bucket_prompt(prompt_len), b)
+    prompt_args = (np.zeros((shape.u, shape.p), np.int32), np.ones((shape.u,), np.int32))
+    prefix_args = ((np.zeros((shape.q, shape.a), np.int32), np.ones((shape.q,), np.int32),
+                    np.zeros((shape.u,), np.int32)) if prefixes else ())
+    zeros_B = np.zeros((b,), np.int32)
+    self._executable(sp, shape, (*prompt_args, zeros_B, zeros_B, zeros_B > 0, np.uint32(0),
+                                 self._stop_mask(()), *prefix_args))
+    return shape
+
+  def _forms(self, distinct: list[tuple[int, ...]], n_rows: int) -> list[tuple[Shape, tuple | None]]:
+    """The ways to run a call at its own buckets, as (Shape, prefix plan): the prompts whole, and (with
+    `share_prefixes`) split after the prefixes they share, when they share any (`prefix_plan`)."""
+    b, u = bucket_batch(n_rows, self.num_devices), bucket_batch(len(distinct))
+    forms = [(Shape(0, 0, u, bucket_prompt(max(len(ids) for ids in distinct)), b), None)]
+    plan = prefix_plan(distinct, always=True) if self.share_prefixes else None
+    if plan is not None:
+      prefix_of, cut = plan
+      forms.append((Shape(bucket_batch(max(prefix_of) + 1), bucket_prompt(max(cut)), u,
+                          bucket_prompt(max(len(ids) - k for ids, k in zip(distinct, cut))), b), plan))
+    return forms
+
+  def _program(self, sp: SamplingParams, distinct: list[tuple[int, ...]], forms: list[tuple[Shape, tuple | None]]
+               ) -> tuple[Shape, tuple | None]:
+    """The shape a call runs at: its cheapest own form, or a compiled program that holds it (`_fit`), when that
+    costs at most REUSE_COST times more (settled: whatever it costs)."""
+    n = sp.max_new_tokens
+    own = min(forms, key=lambda f: f[0].cost(n))  # ties: the prompts whole
+    lora = self._decode_lora is not None
+    if (sp, own[0], lora) in self._executables:
+      return own
+    fits = []
+    for i, (have_sp, have, with_lora) in enumerate(self._executables):
+      if have_sp == sp and with_lora == lora:
+        plan = self._fit(have, distinct, forms)
+        if plan is not False:
+          fits.append((have.cost(n), i, have, plan))
+    if fits:
+      cost, _, have, plan = min(fits, key=lambda f: f[:2])
+      if self.settled or cost <= REUSE_COST * own[0].cost(n):
+        return have, plan
+    if self.settled:
+      self.overflow_compiles += 1
+      print(f"sampler: a call of shape {own[0]} exceeds every program compiled so far; compiling it "
+            f"(a task declares its calls' bounds in sampler_bounds)", file=sys.stderr, flush=True)
+    return own
+
+  @staticmethod
+  def _fit(have: Shape, distinct: list[tuple[int, ...]], forms: list[tuple[Shape, tuple | None]]):
+    """The prefix plan (None: prompts whole) under which the call runs in program `have`, or False.
+
+    A whole-prompt program holds the call's whole form. A prefix program holds it after a re-cut: a group's shared
+    prefix is cut at most at `have.a` ids (any shorter cut of a shared prefix is still shared), and a prompt that
+    shares none (or every prompt, without a plan) becomes its own prefix, up to `have.a` ids, one id kept."""
+    whole = forms[0][0]
+    if have.b < whole.b or have.u < whole.u:
+      return False
+    if have.q == 0:
+      return None if have.p >= whole.p else False
+    plan = forms[1][1] if len(forms) > 1 else None
+    prefix_of, cut = plan if plan is not None else ([0] * len(distinct), [0] * len(distinct))
+    rows: dict[tuple, int] = {}
+    new_of, new_cut = [], []
+    for i, (ids, j, k) in enumerate(zip(distinct, prefix_of, cut)):
+      if k:
+        key, k = ("group", j), min(k, have.a)
+      elif len(ids) <= have.p:  # shares nothing and fits whole: the empty prefix
+        key = ("empty",)
+      else:
+        key, k = ("own", i), min(len(ids) - 1, have.a)
+      new_of.append(rows.setdefault(key, len(rows)))
+      new_cut.append(k)
+      if len(ids) - k > have.p:
+        return False
+    return (new_of, new_cut) if len(rows) <= have.q else False
+
+  def _prompt_arrays(self, shape: Shape, distinct: list[tuple[int, ...]], plan) -> tuple[tuple, tuple]:
+    """((prompts_UxP, lens_U), (prefixes_QxA, prefix_lens_Q, prefix_of_U) or ()) at `shape`: each prompt whole, or
+    its part after its shared prefix under `plan` (`prefix_plan`)."""
+    pad = self.config.pad_id
+    prefix_args = ()
+    if plan is not None:
+      prefix_of, cut = plan
+      prefixes_QxA, prefix_lens_Q = np.full((shape.q, shape.a), pad, np.int32), np.ones((shape.q,), np.int32)
+      for ids, j, k in zip(distinct, prefix_of, cut):
+        prefixes_QxA[j, :k], prefix_lens_Q[j] = ids[:k], k
+      prefix_of_U = np.zeros((shape.u,), np.int32)
+      prefix_of_U[:len(distinct)] = prefix_of
+      distinct = [ids[k:] for ids, k in zip(distinct, cut)]
+      prefix_args = (prefixes_QxA, prefix_lens_Q, prefix_of_U)
+    prompts_UxP, lens_U = np.full((shape.u, shape.p), pad, np.int32), np.ones((shape.u,), np.int32)
+    for i, ids in enumerate(distinct):
+      prompts_UxP[i, :len(ids)], lens_U[i] = ids, len(ids)
+    return (prompts_UxP, lens_U), prefix_args
+
+  def _stop_mask(self, extra: Sequence[int]) -> np.ndarray:
+    """[V] bool: the engine's stop ids and `extra` (a mask, so a set of stop ids is no new program shape)."""
+    key = tuple(sorted(set(int(i) for i in extra)))
+    if key not in self._stop_masks:
+      mask = np.zeros((self.config.vocab_size,), bool)
+      mask[[i for i in self.stop_ids + key if 0 <= i < self.config.vocab_size]] = True
+      self._stop_masks[key] = mask
+    return self._stop_masks[key]
+
+  def _put(self, args: tuple) -> tuple:
+    """The call's arrays on the mesh: prompts and scalars replicated, rows (src, row ids, active) split."""
+    if self.mesh is None:
+      return args
+    rep, row = NamedSharding(self.mesh, P()), NamedSharding(self.mesh, P(self.row_axes))
+    return jax.device_put(args, (rep, rep, row, row, row, rep, rep, *(rep,) * (len(args) - 7)))
+
+  def _executable(self, sp: SamplingParams, shape: Shape, args: tuple):
+    """The compiled program of (sp, shape), compiled ahead of its call on first use."""
+    key = (sp, shape, self._decode_lora is not None)
+    if key not in self._executables:
+      fn = jitted_sample(self.config, sp, self._cache_sharding())
+      self._executables[key] = fn.lower(self._decode_params, self._decode_lora, *self._put(args)).compile()
+      self.compiled_shapes.add((sp, *dataclasses.astuple(shape)))
+    return self._executables[key]
 
   def _check(self, r: Request, sp: SamplingParams) -> tuple[int, ...]:
     ids = tuple(int(t) for t in r.prompt_ids)

@@ -277,7 +277,7 @@ def _forward(params, x_BxTxD, positions_BxT, mask_BxTxS, config: ModelConfig, ca
 
 
 def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B: jax.Array, row_ids_B: jax.Array,
-           active_B: jax.Array, seed: jax.Array, stop_ids: jax.Array, prefixes_QxA: jax.Array | None = None,
+           active_B: jax.Array, seed: jax.Array, stop_V: jax.Array, prefixes_QxA: jax.Array | None = None,
            prefix_lens_Q: jax.Array | None = None, prefix_of_U: jax.Array | None = None, *, config: ModelConfig,
            sp: SamplingParams, cache_sharding=None) -> SampleOutput:
   """Prefill U unique prompts, give row b the cache of prompt src_B[b], and decode every active row.
@@ -287,9 +287,10 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
   G dialogues of a group) are prefilled once, each prompt's own part after them, and a row's cache holds
   A + P + N - 1 slots: its prefix's A, its own P, then the new tokens'.
 
-  Pure and shape-static: the engine jits it once per (Q, A, U, P, B) bucket. `params` are in `decode_layout` (split) or
-  the trainer's stacked layout, as they are sharded; `lora` is None or `Adapters` in the same layout; `seed` is a
-  uint32 scalar. Each row's cache holds P + N - 1 slots: its prompt's P (padding masked), then one per new token
+  Pure and shape-static: the engine compiles it once per (Q, A, U, P, B) shape. `params` are in `decode_layout`
+  (split) or the trainer's stacked layout, as they are sharded; `lora` is None or `Adapters` in the same layout;
+  `seed` is a uint32 scalar; `stop_V` a boolean per vocabulary id, true for the ids that end a row (a mask rather
+  than a list, so that no set of stop ids is a new shape). Each row's cache holds P + N - 1 slots: its prompt's P (padding masked), then one per new token
   fed back, at the same slot in every row. `cache_sharding` (a NamedSharding of one layer's [B, K, S, D] cache)
   keeps the cache split over rows and kv heads, as the weights are.
   """
@@ -345,7 +346,7 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
     token_B = jnp.where(done_B, c.pad_id, token_B).astype(jnp.int32)
     out = (tokens.at[:, i].set(token_B), logprobs.at[:, i].set(jnp.where(done_B, 0.0, lp_B)),
            slogprobs.at[:, i].set(jnp.where(done_B, 0.0, slp_B)), lengths + (~done_B).astype(jnp.int32))
-    return token_B, done_B | jnp.isin(token_B, stop_ids), out
+    return token_B, done_B | stop_V[token_B], out
 
   def cond(state):
     i, _, done_B, *_ = state
@@ -369,7 +370,7 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
   i, _, _, _, (tokens, logprobs, slogprobs, lengths) = jax.lax.while_loop(
       cond, body, (jnp.int32(1), token_B, done_B, caches, out))
   last_B = jnp.take_along_axis(tokens, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
-  stopped = (lengths > 0) & jnp.isin(last_B, stop_ids)
+  stopped = (lengths > 0) & stop_V[last_B]
   reason = jnp.where(~active_B, STOP_NONE, jnp.where(stopped, STOP_EOS, STOP_LENGTH))
   return SampleOutput(tokens, logprobs, slogprobs, lengths, reason, i - 1)
 

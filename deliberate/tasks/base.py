@@ -38,6 +38,11 @@ class Task(Protocol):
   def check_context(self, max_seq_len: int) -> None:
     """Fails, naming the config field, if the longest prompt this config can build exceeds the context."""
 
+  def sampler_bounds(self) -> list[dict[str, Any]]:
+    """The largest sampler calls of a step, as keyword arguments of `SamplingEngine.precompile` (sp, rows,
+    prompt_len, and unique, prefixes, prefix_len where they apply): the trainer compiles them before the first step,
+    so that once the engine settles every call of the run has a program that holds it."""
+
   def rollout(self, items: Sequence[Mapping[str, Any]], seed: int) -> Rollout:
     """Samples, judges and rewards one step's prompts."""
 

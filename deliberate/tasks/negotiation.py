@@ -15,6 +15,7 @@ from deliberate.data import loader
 from deliberate.model import tokenizer as tok_lib
 from deliberate.negotiation import episode, metrics as neg_metrics, prompts, records
 from deliberate.negotiation.rows import dialogue_rows
+from deliberate.sampling.engine import common_prefix
 from deliberate.tasks.base import Rollout
 
 
@@ -61,14 +62,19 @@ class Task:
     self.eval_items = (episode.eval_items(loader.eval_conflict_tasks(data_dir)[:config.eval_tasks])
                        if config.eval_every else [])
 
+  def _longest_items(self) -> list[Mapping[str, Any]]:
+    """The 16 items of longest dilemma and pair text (of the first 512): where the longest prompts come from."""
+    if not hasattr(self, "_longest"):
+      self._longest = sorted((self.data.prompt_at(i) for i in range(min(self.data.num_items, 512))),
+                             key=lambda it: len(it["dilemma"]["text"]) + len(str(it["pair"])))[-16:]
+    return self._longest
+
   def check_context(self, max_seq_len: int) -> None:
     """The longest turn prompt and completion prompt this config can build, from the longest prompts of the data."""
     n = self.section
-    candidates = sorted((self.data.prompt_at(i) for i in range(min(self.data.num_items, 512))),
-                        key=lambda it: len(it["dilemma"]["text"]) + len(str(it["pair"])))[-16:]
     opening_ids = lambda it: tok_lib.render_ids(self.tokenizer, prompts.turn_messages(
         it["dilemma"], it["pair"]["a"], it["pair"]["b"], []))
-    opening, item = max(((len(opening_ids(it)), it) for it in candidates), key=lambda x: x[0])
+    opening, item = max(((len(opening_ids(it)), it) for it in self._longest_items()), key=lambda x: x[0])
     need = opening + (n.context_turns + 1) * (n.max_turn_tokens + 16)
     final = opening + n.max_turns * (n.max_turn_tokens + 16) + n.max_completion_tokens
     what = f"dilemma {item['dilemma']['id']} with pair {item['pair']['pair_id']}"
@@ -76,6 +82,32 @@ class Task:
       if size > max_seq_len:
         raise ValueError(f"config: {label} for {what} can reach {size} tokens, beyond the model's context of "
                          f"{max_seq_len} (config.model / config.negotiation.max_turn_tokens)")
+
+  def sampler_bounds(self) -> list[dict[str, Any]]:
+    """The largest sampler calls of a step (`SamplingEngine.precompile`), from the longest prompts of the data with
+    turns of max_turn_tokens ids: the opening turn (one prompt a group, whole), the later turns and the final
+    completions (each group's shared system message and dilemma as a prefix; at most two a group, one per agent)."""
+    n, neg = self.section, self.negotiator
+    groups = self.config.data.prompts_per_step
+    rows = n.group_size * groups
+    recent = n.context_turns or n.max_turns
+    full = lambda who: [(who, [0] * n.max_turn_tokens)]
+    opening = prefix = turn = final_prefix = final = 0
+    for it in self._longest_items():
+      a, b = it["pair"]["a"], it["pair"]["b"]
+      d = it["dilemma"]
+      opening = max(opening, len(neg._render(prompts.turn_messages(d, a, b, []))))
+      for speaker, other in ((a, b), (b, a)):  # the prefix: at least all before the first turn's ids
+        longest = neg._render(prompts.turn_messages(d, speaker, other, full(other) * recent))
+        head = common_prefix(longest, neg._render(prompts.turn_messages(d, speaker, other, full(speaker) * recent)))
+        prefix, turn = max(prefix, head), max(turn, len(longest) - head)
+      longest = neg._render(prompts.completion_messages(d, a, b, full(a) * n.max_turns))
+      head = common_prefix(longest, neg._render(prompts.completion_messages(d, a, b, full(b) * n.max_turns)))
+      final_prefix, final = max(final_prefix, head), max(final, len(longest) - head)
+    return [dict(sp=neg.turn_sp, rows=rows, prompt_len=opening, unique=groups),
+            dict(sp=neg.turn_sp, rows=rows, prompt_len=turn, prefixes=2 * groups, prefix_len=prefix),
+            dict(sp=neg.completion_sp, rows=rows, prompt_len=final, prefixes=groups,
+                 prefix_len=final_prefix)]
 
   def rollout(self, items: Sequence[Mapping[str, Any]], seed: int) -> Rollout:
     waited = self.negotiator.timings["judge_wait_s"]

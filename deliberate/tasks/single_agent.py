@@ -51,10 +51,20 @@ class Task:
       raise ValueError(f"config.single_agent.max_tokens: a {longest}-token prompt plus {self.section.max_tokens} "
                        f"new tokens exceeds the model's context of {max_seq_len}")
 
+  def _sp(self) -> SamplingParams:
+    c = self.section
+    return SamplingParams(temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_tokens)
+
+  def sampler_bounds(self) -> list[dict[str, Any]]:
+    longest = max(len(self._prompt(self.data.prompt_at(i)["question"]["question"]))
+                  for i in range(self.data.num_items))
+    n = self.config.data.prompts_per_step
+    return [dict(sp=self._sp(), rows=n * self.section.group_size, unique=n, prompt_len=longest)]
+
   def rollout(self, items: Sequence[Mapping[str, Any]], seed: int) -> Rollout:
     c, g = self.section, self.section.group_size
     questions = [it["question"] for it in items]  # {"id", "domain", "question"}
-    sp = SamplingParams(temperature=c.temperature, top_p=c.top_p, max_new_tokens=c.max_tokens)
+    sp = self._sp()
     prompt_ids = [self._prompt(q["question"]) for q in questions]
     reqs = [Request(prompt_ids[i], i * g + j) for i in range(len(questions)) for j in range(g)]
     outs = self.engine.generate(reqs, sp, seed)

@@ -63,9 +63,17 @@ class Task:
     if 16 + self.section.max_tokens > max_seq_len:
       raise ValueError(f"config.target_token.max_tokens: {self.section.max_tokens} exceeds the context")
 
+  def _sp(self) -> SamplingParams:
+    return SamplingParams(temperature=self.section.temperature, top_p=1.0, max_new_tokens=self.section.max_tokens)
+
+  def sampler_bounds(self) -> list[dict[str, Any]]:
+    n = self.data.per_step
+    return [dict(sp=self._sp(), rows=n * self.section.group_size, unique=n,
+                 prompt_len=max(len(self.tokenizer.encode(t)) for t in PROMPTS))]
+
   def rollout(self, items: Sequence[Mapping[str, Any]], seed: int) -> Rollout:
     c, g = self.section, self.section.group_size
-    sp = SamplingParams(temperature=c.temperature, top_p=1.0, max_new_tokens=c.max_tokens)
+    sp = self._sp()
     prompt_ids = [list(self.tokenizer.encode(it["text"])) for it in items]
     reqs = [Request(prompt_ids[i], i * g + j) for i in range(len(items)) for j in range(g)]
     outs = self.engine.generate(reqs, sp, seed)
