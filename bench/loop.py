@@ -2,12 +2,14 @@
 after the other:
 
   git worktree add /tmp/peer 559d7ac   # once: the commit issue 16 was measured on
-  python bench/loop.py --peer /tmp/peer --steps 3
+  python bench/loop.py --peer /tmp/peer --steps 4
 
 Runs `launch/train.py --config configs/quickstart.py` for --steps steps in the peer tree, then in this tree, and
 prints, for each, the first step's time and the steady-state step time (the mean of steps 2..N), each as rollout
-(sampling + judge) + train seconds from metrics.jsonl, and the ratios this/peer. Issue 16's targets: steady state
-at most 0.5 x the peer's, the first step at most 120 s. The runs share the machine with whatever else runs on it:
+(sampling + judge) + train seconds from metrics.jsonl, and the ratios this/peer, per step and per dialogue (the
+quickstart of 559d7ac ran 4 dialogues a step, this one 8). Issue 16's targets: steady state at most 0.5 x the
+peer's, the first step at most 120 s. Both trees compile in steps 2-4 (559d7ac: a new padded train shape at
+step 4; this tree: the train step at its first update, in step 2 when step 1 has none), so use 4 steps or more. The runs share the machine with whatever else runs on it:
 read the ratios, not the seconds. The 1-minute load average is printed before and after each run.
 """
 from __future__ import annotations
@@ -40,7 +42,7 @@ def step_s(m: dict) -> float:
   return float(m.get("time/rollout_s") or 0.0) + float(m.get("time/train_s") or 0.0)
 
 
-def summary(name: str, metrics: list[dict], wall: float) -> tuple[float, float]:
+def summary(name: str, metrics: list[dict], wall: float) -> tuple[float, float, int]:
   first = step_s(metrics[0])
   rest = [step_s(m) for m in metrics[1:]]
   steady = sum(rest) / len(rest) if rest else float("nan")
@@ -53,13 +55,13 @@ def summary(name: str, metrics: list[dict], wall: float) -> tuple[float, float]:
         f"{int(metrics[0].get('negotiation/dialogues', 0))} dialogues a step) | "
         f"wall {wall:6.0f} s | truncated-turn fraction per step {cut} | steps with a non-zero advantage "
         f"{signal}/{len(metrics)} | programs compiled per step {programs}")
-  return first, steady
+  return first, steady, int(metrics[0].get("negotiation/dialogues", 0))
 
 
 def main(argv=None) -> int:
   ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
   ap.add_argument("--peer", required=True, help="the peer tree (a checkout or worktree with launch/train.py)")
-  ap.add_argument("--steps", type=int, default=3)
+  ap.add_argument("--steps", type=int, default=4)
   ap.add_argument("--workdir", default="/tmp/deliberate-bench-loop")
   ap.add_argument("--skip_peer", default="", help="a peer workdir already run: read it instead of running")
   args, overrides = ap.parse_known_args(argv)
@@ -70,10 +72,10 @@ def main(argv=None) -> int:
   else:
     peer, peer_wall = run(os.path.abspath(args.peer), os.path.join(args.workdir, "peer"), args.steps, [])
   this, this_wall = run(ROOT, os.path.join(args.workdir, "this"), args.steps, overrides)
-  p1, ps = summary("peer", peer, peer_wall)
-  t1, ts = summary("this", this, this_wall)
+  p1, ps, pd = summary("peer", peer, peer_wall)
+  t1, ts, td = summary("this", this, this_wall)
   print(f"ratio this/peer: first step {t1 / p1:.2f} (target: first step <= 120 s), steady state {ts / ps:.2f} "
-        f"(target <= 0.50)")
+        f"a step (target <= 0.50), {(ts / max(td, 1)) / (ps / max(pd, 1)):.2f} a dialogue")
   return 0
 
 

@@ -26,7 +26,8 @@ def measure(params, config, prompts, rows: int, new_tokens: int, temperature: fl
   import jax.numpy as jnp
   from deliberate.model import transformer
   from deliberate.rl import logprobs, lora
-  from deliberate.sampling.engine import Request, SamplingEngine, bucket_length
+  from deliberate.sampling.engine import Request, SamplingEngine
+  from deliberate.sampling.shapes import bucket_length
   from deliberate.sampling.sampler import SamplingParams
 
   lcfg = lora.LoraConfig(rank=lora_rank, alpha=2.0 * lora_rank)

@@ -60,7 +60,7 @@ def opening_tokens() -> int:
 def shapes(c, opening: int) -> dict[str, int]:
   """A step's shapes, bounded as its task bounds its prompts: a negotiation's turns and completions, or (other
   modes) one answer of `max_tokens` to the opening prompt."""
-  from deliberate.sampling.engine import bucket_batch, bucket_length
+  from deliberate.sampling.shapes import bucket_batch, bucket_length
   from deliberate.tasks.config import MODES
   if c.mode != "negotiation":
     s = c[MODES[c.mode][1]]
@@ -137,7 +137,7 @@ def analyze(c, mesh_data: int, mesh_fsdp: int, before: bool = False, opening: in
   row = NamedSharding(mesh, P(row_axes))
   weight_axes = tuple(a for a in mesh.axis_names if a not in row_axes and mesh.shape[a] > 1)
   cache_sharding = NamedSharding(mesh, P(row_axes, weight_axes or None, None, None)) if not before else None
-  from deliberate.sampling.engine import bucket_batch
+  from deliberate.sampling.shapes import bucket_batch
   b = bucket_batch(sh["rows"], math.prod(mesh.shape[a] for a in row_axes))
   i32 = lambda shape, s: jax.ShapeDtypeStruct(shape, jnp.int32, sharding=s)
 

@@ -299,7 +299,7 @@ class Trainer:
     bounds = self.task.sampler_bounds()
     for b in bounds:
       self.engine.precompile(**b)
-    progress(f"compiled the sampler's {len(bounds)} largest calls in {time.time() - t0:.0f}s")
+    progress(f"compiled {len(bounds)} sampler programs for the task's call bounds in {time.time() - t0:.0f}s")
 
   def _finish_background(self) -> None:
     """Waits for an in-flight rollout: the engine has one user at a time (evaluation, close)."""

@@ -6,7 +6,8 @@ import pytest
 
 from deliberate.model import transformer
 from deliberate.model.config import ModelConfig
-from deliberate.sampling.engine import Request, SamplingEngine, bucket_batch, bucket_prompt, prefix_plan
+from deliberate.sampling.engine import Request, SamplingEngine
+from deliberate.sampling.shapes import bucket_batch, bucket_prompt, prefix_plan
 from deliberate.sampling.sampler import SamplingParams
 
 CFG = ModelConfig(vocab_size=128, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, head_dim=16, d_ff=128)

@@ -20,7 +20,8 @@ import numpy as np
 
 from deliberate.model import transformer
 from deliberate.model import tokenizer as tok_lib
-from deliberate.sampling.engine import Request, SamplingEngine, bucket_length
+from deliberate.sampling.engine import Request, SamplingEngine
+from deliberate.sampling.shapes import bucket_length
 from deliberate.sampling.sampler import SamplingParams
 
 

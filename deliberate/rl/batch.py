@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from deliberate.sampling.engine import bucket_batch, bucket_length  # the one bucketing rule of the codebase
+from deliberate.sampling.shapes import bucket_batch, bucket_length  # the one bucketing rule of the codebase
 
 
 @dataclasses.dataclass

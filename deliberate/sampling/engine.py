@@ -4,10 +4,14 @@ A rollout asks for many turns of many shapes. Padding the batch and the prompt l
 number of compiled programs, prompts shared by several rows (the G dialogues of one dilemma and persona) are
 prefilled once, and so are prompt prefixes shared by several prompts (the system message and dilemma that the G
 dialogues of a group repeat in every later turn): `prefix_plan`.
+
+Programs are compiled ahead of their call, one per (sampling params, `Shape`). A call may run in a larger program
+already compiled (padded: more rows, longer prompts or prefixes) rather than compile its own, and after `settle()`
+always does when one holds it, so that a run that compiled its task's largest calls (`precompile`) compiles nothing
+more.
 """
 from __future__ import annotations
 
-import bisect
 import dataclasses
 import math
 import sys
@@ -19,10 +23,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from deliberate.model.config import ModelConfig
+from deliberate.sampling.shapes import REUSE_COST, Shape, bucket_batch, bucket_prompt, prefix_plan
 from deliberate.sampling.sampler import STOP_EOS, SamplingParams, decode_layout, jitted_sample, split_adapters
-
-BATCH_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512)
-PROMPT_BUCKET = 64  # prompt lengths round up to a multiple of this, then to a power-of-two multiple
 
 
 @dataclasses.dataclass
@@ -40,115 +42,7 @@ class Completion:
   stop_reason: str                 # "stop" (EOS or a stop id) | "length"
 
 
-def bucket_batch(n: int, multiple: int = 1) -> int:
-  i = bisect.bisect_left(BATCH_BUCKETS, n)
-  b = BATCH_BUCKETS[i] if i < len(BATCH_BUCKETS) else -(-n // 512) * 512
-  return -(-b // multiple) * multiple
-
-
-def bucket_length(n: int) -> int:
-  """Training rows (padded batches) and scoring: a multiple of 64, rounded up to a power-of-two multiple."""
-  blocks = -(-n // PROMPT_BUCKET)
-  return PROMPT_BUCKET * (1 << (blocks - 1).bit_length())
-
-
-def bucket_prompt(n: int) -> int:
-  """The sampler's prompt (and shared-prefix) lengths: multiples of 64 up to 512, then four steps per doubling
-  (multiples of 128 up to 1024, of 256 up to 2048, ...): under 64 ids of padding up to 512, then at most 25% (a
-  power-of-two bucket pads a 300-id prompt to 512). Prefill cost is proportional to it; the price is more
-  programs, each compiled once."""
-  step = max(PROMPT_BUCKET, (1 << (max(n, 2) - 1).bit_length()) >> 3)
-  return -(-n // step) * step
-
-
 LAYOUTS = ("stacked", "split")
-MIN_SHARED_PREFIX = 32  # ids: a shorter common prefix is not worth its own prefill row
-
-
-def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
-  """How many leading ids a and b share."""
-  n = min(len(a), len(b))
-  diff = np.flatnonzero(np.asarray(a[:n]) != np.asarray(b[:n]))
-  return int(diff[0]) if len(diff) else n
-
-
-def prefix_plan(prompts: Sequence[Sequence[int]], min_shared: int = MIN_SHARED_PREFIX, always: bool = False
-                ) -> tuple[list[int], list[int]] | None:
-  """Shared prefixes of distinct prompts, or None when prefilling them whole costs no more (`always`: None only
-  when nothing is shared).
-
-  Returns (prefix_of, cut): prompt u continues prefix prefix_of[u] after its first cut[u] ids. The prompts are
-  sorted and cut into runs of neighbours (a run's shared prefix is the least common prefix of its neighbours) so
-  that the fewest ids are prefilled: two groups whose prompts share only a system message stay two prefixes, not
-  one short one. A run shares >= min_shared ids or none (its prompts then take the empty prefix, cut 0), and every
-  prompt keeps at least one id of its own. Chosen when the padded prefill tokens (prefixes plus remainders, at
-  their buckets) are fewer than those of the prompts whole.
-  """
-  u = len(prompts)
-  if u < 2:
-    return None
-  order = sorted(range(u), key=lambda i: tuple(prompts[i]))
-  lens = [len(prompts[i]) for i in order]
-  common = [common_prefix(prompts[order[k - 1]], prompts[order[k]]) for k in range(1, u)]
-  # best[k]: fewest ids prefilled for the first k prompts; run[k]: where the last run of those starts
-  best, run = [0] + [math.inf] * u, [0] * (u + 1)
-  for k in range(1, u + 1):
-    shared, shortest, total = math.inf, math.inf, 0
-    for start in range(k - 1, -1, -1):  # the run order[start:k]
-      total += lens[start]
-      shortest = min(shortest, lens[start])
-      if start < k - 1:
-        shared = min(shared, common[start])
-      s = min(shared, shortest - 1) if start < k - 1 else 0
-      cost = best[start] + (s + total - (k - start) * s if s >= min_shared else total)
-      if cost < best[k]:
-        best[k], run[k] = cost, start
-  prefix_of, cut, lengths = [0] * u, [0] * u, []
-  k = u
-  while k:
-    members, k = order[run[k]:k], run[k]
-    shared = min(common_prefix(prompts[members[0]], prompts[m]) for m in members[1:]) if len(members) > 1 else 0
-    shared = min(shared, min(len(prompts[m]) for m in members) - 1) if len(members) > 1 else 0
-    if shared < min_shared:
-      shared = 0
-    if shared:
-      lengths.append(shared)
-    for m in members:
-      prefix_of[m], cut[m] = (len(lengths) - 1 if shared else -1), shared
-  if not lengths:
-    return None
-  empty = len(lengths)  # the prefix of prompts that share none
-  prefix_of = [empty if q < 0 else q for q in prefix_of]
-  q = len(lengths) + (empty in prefix_of)
-  shared_cost = (bucket_batch(q) * bucket_prompt(max(lengths))
-                 + bucket_batch(u) * bucket_prompt(max(len(p) - c for p, c in zip(prompts, cut))))
-  whole_cost = bucket_batch(u) * bucket_prompt(max(len(p) for p in prompts))
-  return (prefix_of, cut) if always or shared_cost < whole_cost else None
-
-
-@dataclasses.dataclass(frozen=True)
-class Shape:
-  """A sampler program's input shape: Q shared prefixes of A ids (0, 0: the prompts whole), U unique prompts (or
-  their parts after the prefix) of P ids, B rows. One compiled program per (sampling params, Shape)."""
-  q: int
-  a: int
-  u: int
-  p: int
-  b: int
-
-  def holds(self, need: "Shape") -> bool:
-    """A call that needs `need` can run in this program: the same form (prefixes or not), every dimension as large."""
-    return (self.q > 0) == (need.q > 0) and all(x >= y for x, y in zip(dataclasses.astuple(self),
-                                                                      dataclasses.astuple(need)))
-
-  def cost(self, new_tokens: int) -> int:
-    """Rough work in prefilled ids: the prefill's, plus one per row and new token (on a CPU a decode step of 8 rows
-    costs about as much as prefilling 30 ids; the rule only has to rank programs)."""
-    return self.q * self.a + self.u * self.p + self.b * new_tokens
-
-
-REUSE_COST = 1.5  # before `settle`: a call runs in a compiled program that costs at most this much more than its
-                  # own bucket, rather than compiling that bucket
 
 
 def _on_mesh(x, mesh: Mesh) -> bool:
@@ -267,7 +161,7 @@ class SamplingEngine:
     return len(self._executables)
 
   def settle(self) -> None:
-    """From now on, run every call in a program already compiled when one holds it (`Shape.holds`), whatever its
+    """From now on, run every call in a program already compiled when one holds it (`_fit`), whatever its
     padding: a long run's later steps then compile nothing (see `precompile` for the shapes no step has met yet)."""
     self.settled = True
 

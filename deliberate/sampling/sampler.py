@@ -377,6 +377,7 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
 
 @functools.cache
 def jitted_sample(config: ModelConfig, sp: SamplingParams, cache_sharding=None):
-  """One jitted program per (config, sampling params, cache sharding); jax caches shapes underneath. Inputs keep
-  the shardings they come with (the engine places rows; params stay as the trainer sharded them)."""
+  """One jitted function per (config, sampling params, cache sharding); the engine lowers and compiles it once per
+  shape. Inputs keep the shardings they come with (the engine places rows; params stay as the trainer sharded
+  them)."""
   return jax.jit(functools.partial(sample, config=config, sp=sp, cache_sharding=cache_sharding))

@@ -16,7 +16,8 @@ from deliberate.eval.capability import aime, files, gpqa, ifeval
 from deliberate.model import tokenizer as tok_lib
 from deliberate.model.config import ModelConfig
 from deliberate.rl import logprobs as lp_lib
-from deliberate.sampling.engine import Request, SamplingEngine, bucket_batch, bucket_length
+from deliberate.sampling.engine import Request, SamplingEngine
+from deliberate.sampling.shapes import bucket_batch, bucket_length
 from deliberate.sampling.sampler import SamplingParams
 
 BENCHMARKS = ("ifeval", "gpqa", "aime")
