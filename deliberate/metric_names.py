@@ -54,4 +54,4 @@ COMPILES = "compile/programs"                # programs compiled during the step
 COMPILE_S = "compile/seconds"
 SAMPLER_OVERFLOW = "compile/sampler_overflow"  # sampler programs compiled after the engine settled (0 when the task's
                                                 # sampler_bounds hold every call)
-NEW_SAMPLER_SHAPES = "compile/new_sampler_shapes"  # (sampling params, U, P, B) buckets the sampler met first this step
+NEW_SAMPLER_SHAPES = "compile/new_sampler_shapes"  # sampler programs (sampling params, Q, A, U, P, B) compiled this step
