@@ -9,8 +9,9 @@ prints, for each, the first step's time and the steady-state step time (the mean
 (sampling + judge) + train seconds from metrics.jsonl, and the ratios this/peer, per step and per dialogue (the
 quickstart of 559d7ac ran 4 dialogues a step, this one 8). Issue 16's targets: steady state at most 0.5 x the
 peer's, the first step at most 120 s. Both trees compile in steps 2-4 (559d7ac: a new padded train shape at
-step 4; this tree: the train step at its first update, in step 2 when step 1 has none), so use 4 steps or more. The runs share the machine with whatever else runs on it:
-read the ratios, not the seconds. The 1-minute load average is printed before and after each run.
+step 4; this tree: the train step at its first update, in step 2 when step 1 has none), so use 4 steps or more.
+The runs share the machine with whatever else runs on it: read the ratios, not the seconds. The 1-minute load
+average is printed before and after each run.
 """
 from __future__ import annotations
 

@@ -56,10 +56,13 @@ def _host_config(c: ml_collections.ConfigDict, hosts: int) -> ml_collections.Con
 # Compilations, counted from JAX's own compile events: logged per step (a run compiles nothing new after step 2).
 _COMPILES = {"n": 0, "s": 0.0}
 COMPILES, COMPILE_S, SKIPPED_NO_SIGNAL = M.COMPILES, M.COMPILE_S, M.SKIPPED_NO_SIGNAL
-COMPILE_NOTICE = ("first step: compiling the sampler (the task's largest calls now, then a program per new prompt-length "
-                  "and batch bucket during the first {settle} steps) and the GRPO train step (forward and backward at "
-                  "the packed or padded batch shape). With SmolLM2-135M on a 2-core CPU each program takes 4-8 s and "
-                  "the first step about 1-2 minutes; after step {settle} every sampler call runs in a compiled program")
+COMPILE_NOTICE = ("first step: compiling the sampler (the task's largest calls now, then a program per new "
+                  "prompt-length and batch bucket during the first {settle} steps) and the GRPO train step (forward "
+                  "and backward at the packed or padded batch shape). With SmolLM2-135M on a 2-core CPU each program "
+                  "takes 4-8 s and the first step about 1-2 minutes; after step {settle} every sampler call runs in a "
+                  "compiled program")
+COMPILE_NOTICE_UNSETTLED = ("first step: compiling the sampler (a program per prompt-length and batch bucket, as they "
+                            "first occur: config.sampling_compile_steps is 0) and the GRPO train step")
 
 
 def _count_compile(event: str, duration: float, **_) -> None:
@@ -221,7 +224,8 @@ class Trainer:
     compiles_before, compile_s_before = _COMPILES["n"], _COMPILES["s"]
     shapes_before, overflow_before = len(self.engine.compiled_shapes), self.engine.overflow_compiles
     if self._first_step:
-      print(COMPILE_NOTICE.format(settle=c.sampling_compile_steps), file=sys.stderr, flush=True)
+      print(COMPILE_NOTICE.format(settle=c.sampling_compile_steps) if c.sampling_compile_steps else
+            COMPILE_NOTICE_UNSETTLED, file=sys.stderr, flush=True)
       self._precompile_sampler()
     progress(f"step {self.step + 1}/{c.num_steps}: rolling out {self.config.data.prompts_per_step} prompts")
     t0 = time.time()
@@ -271,10 +275,6 @@ class Trainer:
     self._steps_run += 1
     if c.sampling_compile_steps and self._steps_run >= c.sampling_compile_steps:
       self.engine.settle()
-    metrics[M.SAMPLER_OVERFLOW] = self.engine.overflow_compiles - overflow_before
-    metrics[COMPILES] = _COMPILES["n"] - compiles_before
-    metrics[COMPILE_S] = _COMPILES["s"] - compile_s_before
-    metrics[M.NEW_SAMPLER_SHAPES] = len(self.engine.compiled_shapes) - shapes_before
     judge_s = metrics.get(M.TIME_JUDGE, 0.0)
     metrics.update({M.TIME_ROLLOUT: t_rollout, M.TIME_JUDGE: judge_s, M.TIME_SAMPLE: t_rollout - judge_s,
                     M.LR: float(self.schedule(self.step))})
@@ -284,6 +284,10 @@ class Trainer:
     self.last_rollout = rollout
     if c.eval_every and self.step % c.eval_every == 0:
       metrics.update(self.evaluate())
+    metrics[M.SAMPLER_OVERFLOW] = self.engine.overflow_compiles - overflow_before  # evaluation's calls too
+    metrics[COMPILES] = _COMPILES["n"] - compiles_before
+    metrics[COMPILE_S] = _COMPILES["s"] - compile_s_before
+    metrics[M.NEW_SAMPLER_SHAPES] = len(self.engine.compiled_shapes) - shapes_before
     self.writer.write(self.step, metrics)
     self.checkpointer.save(self.step, self.runner.host_state(), {"data": self.task.data.state(), "seed": c.seed,
                                                                  "step": self.step, "hosts": jax.process_count()},

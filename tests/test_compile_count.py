@@ -60,7 +60,8 @@ def test_no_new_program_after_step_two(tmp_path):
   assert programs[0] > 0 and programs[2:] == [0, 0], programs
 
 
-def _negotiation_programs(tmp_path, compile_steps: int) -> tuple[list[float], list[float]]:
+def _negotiation_programs(tmp_path, compile_steps: int, share_prefixes: bool = True
+                          ) -> tuple[list[float], list[float]]:
   """Six steps of the paper's loop on the tiny model and real dilemmas (their prompts differ in length from step
   to step, and so do the rows left after agreements): programs compiled and sampler overflows, per step."""
   c = tiny.get_config()
@@ -68,6 +69,7 @@ def _negotiation_programs(tmp_path, compile_steps: int) -> tuple[list[float], li
   c.checkpoint_every, c.tensorboard = 100, False
   c.negotiation.max_turns, c.negotiation.group_size = 4, 3
   c.sampling_compile_steps = compile_steps
+  c.sampling_share_prefixes = share_prefixes
   trainer.Trainer(c, str(tmp_path)).run()
   with open(os.path.join(str(tmp_path), "metrics.jsonl")) as f:
     m = [json.loads(line) for line in f]
@@ -81,3 +83,5 @@ def test_negotiation_compiles_nothing_after_step_two(tmp_path):
   assert programs[0] > 0 and programs[2:] == [0] * 4 and overflow == [0] * 6, (programs, overflow)
   programs, _ = _negotiation_programs(tmp_path / "unsettled", 0)
   assert sum(programs[2:]) > 0, programs
+  programs, overflow = _negotiation_programs(tmp_path / "whole", 2, share_prefixes=False)  # whole-prompt bounds
+  assert programs[2:] == [0] * 4 and overflow == [0] * 6, (programs, overflow)

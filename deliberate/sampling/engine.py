@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import sys
+import threading
 from typing import Any, Sequence
 
 import jax
@@ -104,7 +105,8 @@ class SamplingEngine:
     self._stop_masks: dict[tuple[int, ...], np.ndarray] = {}
     self.max_context = max_context or config.max_seq_len
     self.compiled_shapes: set[tuple] = set()  # (sampling params, Q, A, U, P, B) programs compiled so far
-    self._executables: dict[tuple, Any] = {}  # (sampling params, Shape, with LoRA) -> compiled program
+    self._executables: dict[tuple, Any] = {}  # (sampling params, Shape, params signature) -> compiled program
+    self._compiling = threading.Lock()        # a judge thread may sample with this engine during a rollout
     # After `settle()` a call runs in the cheapest compiled program that holds it and compiles only when none does
     # (counted in `overflow_compiles`): the trainer settles after a run's first steps, so later steps compile nothing.
     self.settled = False
@@ -142,6 +144,10 @@ class SamplingEngine:
     self._lora = lora
     self._decode_lora = (split_adapters(lora, self.config.n_layers) if self.layout == "split" else lora
                          ) if lora is not None else None
+    # What a compiled program is specialised to besides its Shape: the params' and adapters' structure, shapes,
+    # dtypes and shardings (new adapters of another rank, or a base in another dtype, compile anew)
+    leaves, tree = jax.tree.flatten((self._decode_params, self._decode_lora))
+    self._signature = (tree, tuple((x.shape, x.dtype, getattr(x, "sharding", None)) for x in leaves))
 
   def _place(self, tree):
     """Leaves already on this engine's mesh stay as they are; the others are replicated over it once."""
@@ -254,12 +260,11 @@ class SamplingEngine:
     costs at most REUSE_COST times more (settled: whatever it costs)."""
     n = sp.max_new_tokens
     own = min(forms, key=lambda f: f[0].cost(n))  # ties: the prompts whole
-    lora = self._decode_lora is not None
-    if (sp, own[0], lora) in self._executables:
+    if (sp, own[0], self._signature) in self._executables:
       return own
     fits = []
-    for i, (have_sp, have, with_lora) in enumerate(self._executables):
-      if have_sp == sp and with_lora == lora:
+    for i, (have_sp, have, signature) in enumerate(list(self._executables)):
+      if have_sp == sp and signature == self._signature:
         plan = self._fit(have, distinct, forms)
         if plan is not False:
           fits.append((have.cost(n), i, have, plan))
@@ -339,12 +344,13 @@ class SamplingEngine:
 
   def _executable(self, sp: SamplingParams, shape: Shape, args: tuple):
     """The compiled program of (sp, shape), compiled ahead of its call on first use."""
-    key = (sp, shape, self._decode_lora is not None)
-    if key not in self._executables:
-      fn = jitted_sample(self.config, sp, self._cache_sharding())
-      self._executables[key] = fn.lower(self._decode_params, self._decode_lora, *self._put(args)).compile()
-      self.compiled_shapes.add((sp, *dataclasses.astuple(shape)))
-    return self._executables[key]
+    key = (sp, shape, self._signature)
+    with self._compiling:
+      if key not in self._executables:
+        fn = jitted_sample(self.config, sp, self._cache_sharding())
+        self._executables[key] = fn.lower(self._decode_params, self._decode_lora, *self._put(args)).compile()
+        self.compiled_shapes.add((sp, *dataclasses.astuple(shape)))
+      return self._executables[key]
 
   def _check(self, r: Request, sp: SamplingParams) -> tuple[int, ...]:
     ids = tuple(int(t) for t in r.prompt_ids)

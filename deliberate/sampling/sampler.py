@@ -290,9 +290,10 @@ def sample(params, lora, prompts_UxP: jax.Array, prompt_lens_U: jax.Array, src_B
   Pure and shape-static: the engine compiles it once per (Q, A, U, P, B) shape. `params` are in `decode_layout`
   (split) or the trainer's stacked layout, as they are sharded; `lora` is None or `Adapters` in the same layout;
   `seed` is a uint32 scalar; `stop_V` a boolean per vocabulary id, true for the ids that end a row (a mask rather
-  than a list, so that no set of stop ids is a new shape). Each row's cache holds P + N - 1 slots: its prompt's P (padding masked), then one per new token
-  fed back, at the same slot in every row. `cache_sharding` (a NamedSharding of one layer's [B, K, S, D] cache)
-  keeps the cache split over rows and kv heads, as the weights are.
+  than a list, so that no set of stop ids is a new shape). Each row's cache holds (A +) P + N - 1 slots: its
+  prompt's P (padding masked), then one per new token fed back, at the same slot in every row. `cache_sharding`
+  (a NamedSharding of one layer's [B, K, S, D] cache) keeps the cache split over rows and kv heads, as the weights
+  are.
   """
   c = config
   cdt = jnp.dtype(c.compute_dtype)

@@ -98,13 +98,21 @@ class Task:
       a, b = it["pair"]["a"], it["pair"]["b"]
       d = it["dilemma"]
       opening = max(opening, len(neg._render(prompts.turn_messages(d, a, b, []))))
-      for speaker, other in ((a, b), (b, a)):  # the prefix: at least all before the first turn's ids
-        longest = neg._render(prompts.turn_messages(d, speaker, other, full(other) * recent))
-        head = common_prefix(longest, neg._render(prompts.turn_messages(d, speaker, other, full(speaker) * recent)))
-        prefix, turn = max(prefix, head), max(turn, len(longest) - head)
-      longest = neg._render(prompts.completion_messages(d, a, b, full(a) * n.max_turns))
-      head = common_prefix(longest, neg._render(prompts.completion_messages(d, a, b, full(b) * n.max_turns)))
-      final_prefix, final = max(final_prefix, head), max(final, len(longest) - head)
+      for speaker, other in ((a, b), (b, a)):  # turns labelled by either agent; the prefix: at least all before
+        variants = [neg._render(prompts.turn_messages(d, speaker, other, sum((full(x) for x in who[:recent]), [])))
+                    for who in ([other] * recent, [speaker] * recent, [other, speaker] * recent)]
+        # the first turn's label, and before the opening's text when a call mixes openings with later turns
+        head = min(common_prefix(variants[0], variants[1]),
+                   common_prefix(variants[0], neg._render(prompts.turn_messages(d, speaker, other, []))))
+        prefix, turn = max(prefix, head), max(turn, max(len(v) for v in variants) - head)
+      variants = [neg._render(prompts.completion_messages(d, a, b, sum((full(x) for x in who), [])))
+                  for who in ([a] * n.max_turns, [b] * n.max_turns, ([a, b] * n.max_turns)[:n.max_turns])]
+      head = common_prefix(variants[0], variants[1])
+      final_prefix, final = max(final_prefix, head), max(final, max(len(v) for v in variants) - head)
+    if not self.config.sampling_share_prefixes:  # every prompt whole
+      return [dict(sp=neg.turn_sp, rows=rows, prompt_len=max(opening, prefix + turn)),
+              dict(sp=neg.completion_sp, rows=rows, prompt_len=final_prefix + final),
+              dict(sp=neg.completion_sp, rows=min(2, rows), prompt_len=final_prefix + final)]
     return [dict(sp=neg.turn_sp, rows=rows, prompt_len=opening, unique=groups),
             dict(sp=neg.turn_sp, rows=rows, prompt_len=turn, prefixes=2 * groups, prefix_len=prefix),
             dict(sp=neg.completion_sp, rows=rows, prompt_len=final, prefixes=groups,
