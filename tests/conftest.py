@@ -33,3 +33,34 @@ def tiny_policy(tiny_tokenizer):
   config = ModelConfig(vocab_size=len(tiny_tokenizer), d_model=64, n_layers=2, n_heads=4, n_kv_heads=2,
                        head_dim=16, d_ff=128, max_seq_len=1024, eos_ids=(tiny_tokenizer.eos_token_id,))
   return transformer.init_params(config, jax.random.key(0)), config
+
+
+def _memory_maps() -> int:
+  try:
+    with open("/proc/self/maps") as f:
+      return sum(1 for _ in f)
+  except OSError:  # not Linux
+    return 0
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+  """Drop each test module's compiled programs when it ends. Every live XLA:CPU executable holds a few memory maps
+  of JIT code, and the whole suite in one process would pass the kernel's vm.max_map_count (65530 by default):
+  XLA's compiler then segfaults when its next mmap fails. Clearing JAX's caches and collecting the module's
+  trainers and engines keeps the count near one module's worth; the check below fails readably before that."""
+  yield
+  import gc
+
+  import jax
+  jax.clear_caches()
+  gc.collect()
+  try:
+    with open("/proc/sys/vm/max_map_count") as f:
+      limit = int(f.read())
+  except OSError:
+    return
+  maps = _memory_maps()
+  assert maps < 0.8 * limit, (
+      f"this test process holds {maps} memory maps (vm.max_map_count is {limit}) after a module's programs were "
+      "released: something keeps compiled executables alive (a global trainer or engine?)")
