@@ -73,10 +73,15 @@ def test_slurm_script(tmp_path):
   assert f'export OPENAI_API_KEY="$(cat {tmp_path}/k)"' in per_node.stdout and _KEY not in per_node.stdout
 
 
+# Each call is logged in a file of its own (concurrent calls cannot interleave). Host 1 fails only once host 0's
+# call is logged: the launcher stops the others when one fails, and on a slow machine it could stop host 0's
+# stand-in before that stand-in had logged anything.
 _FAKE = """#!/bin/bash
-printf '%s\\0' "$(basename "$0")" "$@" >> "$FAKE_LOG"; printf '\\n' >> "$FAKE_LOG"
+printf '%s\\0' "$(basename "$0")" "$@" > "$(mktemp -p "$FAKE_LOG")"
 for a in "$@"; do [ -f "$a" ] && echo "$a $(stat -c %a "$a") $(cat "$a")" >> "$FAKE_FILES"; done
-case "$*" in *"process_id=1"*) echo "host 1 says hi"; exit 4;; esac
+case "$*" in *"process_id=1"*)
+  for _ in $(seq 200); do grep -rqa "process_id=0" "$FAKE_LOG" && break; sleep 0.1; done
+  echo "host 1 says hi"; exit 4;; esac
 exit 0
 """
 
@@ -87,12 +92,13 @@ def test_hosts_run_for_real_against_ssh_stand_ins(tmp_path):
   for name in ("ssh", "scp"):
     (bin_dir / name).write_text(_FAKE)
     (bin_dir / name).chmod(0o755)
-  log, files = tmp_path / "argv.log", tmp_path / "files.log"
+  log, files = tmp_path / "argv", tmp_path / "files.log"
+  log.mkdir()
   r = _run("--mode=hosts", "--hosts=h0,h1", "--config=configs/tiny.py", "--workdir=/shared/w",
            env_extra=dict(FAKE_LOG=str(log), FAKE_FILES=str(files)), path_prefix=str(bin_dir))
   assert r.returncode == 4, r.stderr            # process 1 failed, so the launch fails
   assert "[1] host 1 says hi" in r.stdout       # its output came back, tagged with its index
-  calls = [c.split("\0")[:-1] for c in log.read_text().splitlines() if c]
+  calls = [f.read_text().split("\0")[:-1] for f in log.iterdir()]
   assert all(_KEY not in a for c in calls for a in c)
   assert sum(1 for c in calls if c[0] == "ssh" and "launch/train.py" in c[-1]) == 2
   shipped = [l.split(" ", 2) for l in files.read_text().splitlines() if _KEY in l]
