@@ -35,8 +35,9 @@ setup(
     ],
     extras_require={
         # Parity tests run HF's PyTorch models on CPU; 2.13.0 is a CPU wheel (an unpinned torch pulls CUDA).
-        "test": ["pytest>=8", "torch==2.13.0", "openai>=1.40", "nbclient>=0.10", "nbformat>=5.10",
-                 "ipykernel>=6.29"],
+        # pytest-xdist: the README's test command runs the test files in two processes.
+        "test": ["pytest>=8", "pytest-xdist>=3.5", "torch==2.13.0", "openai>=1.40", "nbclient>=0.10",
+                 "nbformat>=5.10", "ipykernel>=6.29"],
         "wandb": ["wandb"],
     },
 )

@@ -19,8 +19,6 @@ from deliberate.judge.testing import hashing_judge
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-
-
 @pytest.fixture(scope="module")
 def setup(tmp_path_factory):
   data_dir = str(tmp_path_factory.mktemp("tfds"))
@@ -75,11 +73,22 @@ def _records(workdir):
   return [(r["step"], r["dilemma_id"], [t["ids"] for t in r["turns"]], r["completion_ids"], r["reward"]) for r in recs]
 
 
+@pytest.fixture(scope="module")
+def two_hosts_pmap(tmp_path_factory, setup):
+  """One uninterrupted two-process pmap run: the parity test's run and the kill test's reference."""
+  workdir = str(tmp_path_factory.mktemp("two_hosts_pmap"))
+  return workdir, _wait(_two_hosts(workdir, setup, "pmap"))
+
+
 @pytest.mark.parametrize("step_kind", ["pmap", "sharded"])
-def test_two_processes_train_like_one(tmp_path, setup, step_kind):
-  one, two = str(tmp_path / "one"), str(tmp_path / "two")
+def test_two_processes_train_like_one(tmp_path, setup, two_hosts_pmap, step_kind):
+  one = str(tmp_path / "one")
   _wait([_launch(one, setup, devices=4, step_kind=step_kind)])
-  outs = _wait(_two_hosts(two, setup, step_kind))
+  if step_kind == "pmap":
+    two, outs = two_hosts_pmap
+  else:
+    two = str(tmp_path / "two")
+    outs = _wait(_two_hosts(two, setup, step_kind))
   assert "metrics:" in outs[0] and "metrics:" not in outs[1]        # process 0 alone reports
   assert sorted(os.listdir(os.path.join(two, "records"))) == ["dialogues-host0-00000.jsonl",
                                                               "dialogues-host1-00000.jsonl"]
@@ -93,9 +102,8 @@ def test_two_processes_train_like_one(tmp_path, setup, step_kind):
   jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5), p2, p1)
 
 
-def test_kill_one_process_then_resume_both(tmp_path, setup):
-  ref, killed = str(tmp_path / "ref"), str(tmp_path / "killed")
-  _wait(_two_hosts(ref, setup, "pmap", steps=2))
+def test_kill_one_process_then_resume_both(tmp_path, setup, two_hosts_pmap):
+  (ref, _), killed = two_hosts_pmap, str(tmp_path / "killed")
   procs = _two_hosts(killed, setup, "pmap", steps=2)
   first = os.path.join(killed, "checkpoints", "1")
   deadline = time.time() + 600
