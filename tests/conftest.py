@@ -35,14 +35,6 @@ def tiny_policy(tiny_tokenizer):
   return transformer.init_params(config, jax.random.key(0)), config
 
 
-def _memory_maps() -> int:
-  try:
-    with open("/proc/self/maps") as f:
-      return sum(1 for _ in f)
-  except OSError:  # not Linux
-    return 0
-
-
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
   """Drop each test module's compiled programs when it ends. Every live XLA:CPU executable holds a few memory maps
@@ -55,12 +47,11 @@ def _release_compiled_programs():
   import jax
   jax.clear_caches()
   gc.collect()
-  try:
-    with open("/proc/sys/vm/max_map_count") as f:
-      limit = int(f.read())
+  try:  # Linux only
+    with open("/proc/sys/vm/max_map_count") as limit_file, open("/proc/self/maps") as maps_file:
+      limit, maps = int(limit_file.read()), sum(1 for _ in maps_file)
   except OSError:
     return
-  maps = _memory_maps()
   assert maps < 0.8 * limit, (
       f"this test process holds {maps} memory maps (vm.max_map_count is {limit}) after a module's programs were "
       "released: something keeps compiled executables alive (a global trainer or engine?)")
